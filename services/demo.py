@@ -1,0 +1,158 @@
+"""``tunewright demo``: the whole path on real parts, as a user would call it.
+
+Starts the three services, uploads the support-ticket examples, creates the dataset,
+fine-tunes the built-in model with ``lora``, compares base and fine-tuned on the test
+split, exports the model, asks it a question through the serve service, prints a table
+and writes the same results as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tunewright.client import Client
+from tunewright.stack import Stack, free_port
+from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
+
+DEFAULT_DATASET = Path("examples/support_tickets/tickets.jsonl")
+LABEL = re.compile(r"\b(high|medium|low)\b")
+QUESTION = "Since the last deploy nobody in our company can log in, the whole sales team is blocked."
+SYSTEM = "Triage the support ticket. Answer with the urgency (high, medium or low) and a one-line reason."
+
+
+def urgency(text: str) -> str | None:
+    """The first urgency word in an answer: lenient, so the base model gets credit for any
+    answer that names the right level, whatever its format."""
+    found = LABEL.search(text.lower())
+    return found.group(1) if found else None
+
+
+def progress_bar(step: int, total: int, loss: float, tokens_per_second: float, width: int = 30) -> str:
+    filled = int(width * step / max(1, total))
+    return f"\r  [{'#' * filled}{'.' * (width - filled)}] step {step}/{total}  loss {loss:.3f}  {tokens_per_second:.0f} tok/s"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    dataset_path = args.dataset or DEFAULT_DATASET
+    if not dataset_path.is_file():
+        print(f"no dataset at {dataset_path}; run from the repository root or pass --dataset", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    ports = {"data": free_port(), "trainer": free_port(), "serve": free_port()}
+    stack = Stack(args.state_dir, ports=ports, log_dir=args.state_dir / "logs")
+    print(f"starting the three services (logs in {args.state_dir / 'logs'})", flush=True)
+    stack.start()
+    client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
+    try:
+        return _run(args, client, dataset_path, started)
+    finally:
+        client.close()
+        stack.stop()
+        print("services stopped", flush=True)
+
+
+def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: float) -> int:
+    file = client.upload(dataset_path)
+    dataset = client.create_dataset(file.name, display_name="support tickets")
+    counts = dataset.split_counts
+    print(
+        f"dataset {dataset.name}: {dataset.example_count} examples "
+        f"(train {counts.train}, validation {counts.validation}, test {counts.test})",
+        flush=True,
+    )
+
+    job = client.trainer.CreateJob(
+        trainer_pb.CreateJobRequest(
+            request_id=uuid.uuid4().hex,
+            base_model=args.base_model,
+            dataset=dataset.name,
+            method="lora",
+            hyperparameters=trainer_pb.Hyperparameters(epochs=args.epochs, batch_size=8, eval_max_new_tokens=24),
+        ),
+        timeout=120,
+    ).job
+    print(
+        f"job {job.name}: fine-tuning {args.base_model} with lora (the first run converts the model once)", flush=True
+    )
+    train_started = time.monotonic()
+    for event in client.trainer.WatchJob(trainer_pb.WatchJobRequest(name=job.name)):
+        kind = event.WhichOneof("payload")
+        if kind == "progress":
+            p = event.progress
+            print(progress_bar(p.step, p.total_steps, p.loss, p.tokens_per_second), end="", flush=True)
+        elif kind == "log":
+            print(
+                f"\n  {event.log.text}" if event.log.text.startswith(("evaluating", "validation")) else "",
+                end="",
+                flush=True,
+            )
+        elif kind == "state_change":
+            print(f"\n  {trainer_pb.JobState.Name(event.state_change.state)}", end="", flush=True)
+    print(flush=True)
+    job = client.trainer.GetJob(trainer_pb.GetJobRequest(name=job.name), timeout=30).job
+    train_seconds = time.monotonic() - train_started
+    if job.state != trainer_pb.JOB_STATE_SUCCEEDED:
+        print(
+            f"{job.name} ended {trainer_pb.JobState.Name(job.state)}: {job.error.code}: {job.error.message}",
+            file=sys.stderr,
+        )
+        return 1
+
+    predictions = [
+        json.loads(line) for line in client.read_artifact_file(job.name, "eval_predictions.jsonl").decode().splitlines()
+    ]
+    expected = [urgency(p["reference"]) for p in predictions]
+    accuracy = {
+        side: sum(urgency(p[side]) == e for p, e in zip(predictions, expected, strict=True)) / len(predictions)
+        for side in ("base", "tuned")
+    }
+
+    from tunewright.serve.v1 import serve_service_pb2 as serve_pb
+
+    model = client.serve.ExportModel(
+        serve_pb.ExportModelRequest(request_id=uuid.uuid4().hex, job=job.name), timeout=900
+    ).model
+    answer, finish = client.chat_text(
+        model.name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    )
+    evaluation = job.evaluation
+    results = {
+        "dataset": dataset.name,
+        "job": job.name,
+        "model": model.name,
+        "model_directory": model.directory,
+        "base_model": args.base_model,
+        "method": "lora",
+        "test_examples": len(predictions),
+        "urgency_accuracy": accuracy,
+        "first_line_match": {"base": evaluation.base.first_line_match, "tuned": evaluation.tuned.first_line_match},
+        "test_loss": {"base": evaluation.base.loss, "tuned": evaluation.tuned.loss},
+        "final_train_loss": job.progress.loss,
+        "train_steps": job.progress.total_steps,
+        "training_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "question": QUESTION,
+        "answer": answer,
+        "answer_finish_reason": serve_pb.FinishReason.Name(finish),
+        "modelfile": model.modelfile,
+    }
+    print()
+    print(f"{'on the ' + str(len(predictions)) + ' test tickets':34}{'base':>10}{'fine-tuned':>12}")
+    print(f"{'urgency accuracy':34}{accuracy['base']:>10.1%}{accuracy['tuned']:>12.1%}")
+    print(
+        f"{'answer format (first line) match':34}{evaluation.base.first_line_match:>10.1%}{evaluation.tuned.first_line_match:>12.1%}"
+    )
+    print(f"{'test loss (nats/token)':34}{evaluation.base.loss:>10.3f}{evaluation.tuned.loss:>12.3f}")
+    print(f"\ngain in urgency accuracy: {100 * (accuracy['tuned'] - accuracy['base']):+.1f} points")
+    print(f"training: {results['train_steps']} steps in {train_seconds:.0f} s (dataset download, evaluation included)")
+    print(f"exported {model.name} to {model.directory} (merged safetensors + Modelfile)")
+    print(f"\nQ: {QUESTION}\nA: {answer}")
+    Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults written to {Path(args.results).resolve()}")
+    return 0

@@ -1,0 +1,32 @@
+"""The hooks a tunewright plugin can implement.
+
+A plugin is a module or object with functions marked ``@tunewright.hookimpl``. Built-in
+methods are plugins too (``tunewright.core.plugins.DEFAULT_PLUGINS``); third-party packages
+add theirs through the entry-point group ``tunewright``::
+
+    [project.entry-points.tunewright]
+    my_method = "my_package.plugin"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+from tunewright import PROJECT_NAME
+
+if TYPE_CHECKING:
+    from tunewright.core.methods import Method
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec
+def tunewright_register_methods(register: Callable[[Method], None]) -> None:
+    """Register fine-tuning methods by calling ``register(method)`` once per method.
+
+    ``method`` follows the ``tunewright.core.methods.Method`` protocol: a unique ``name``,
+    a ``description``, a dataclass ``config_class`` whose fields are the method's
+    parameters, its ``capabilities``, and the ``prepare``/``save``/``merge`` functions.
+    """

@@ -1,0 +1,108 @@
+"""gRPC mapping of the serve service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from tunewright.core.errors import FieldViolation, InvalidArgument
+from tunewright.core.ids import parse_name
+from tunewright.core.timeutil import to_timestamp
+from tunewright.serve.backend import DEFAULT_MAX_NEW_TOKENS, LENGTH, MAX_NEW_TOKENS, STOP, EmbeddedBackend, Options
+from tunewright.serve.export import Exporter
+from tunewright.serve.store import ModelRecord, ModelStore
+from tunewright.serve.v1 import serve_service_pb2 as pb
+from tunewright.serve.v1 import serve_service_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ServeService"].full_name
+ROLES = ("system", "user", "assistant")
+_FINISH = {STOP: pb.FINISH_REASON_STOP, LENGTH: pb.FINISH_REASON_LENGTH, None: pb.FINISH_REASON_UNSPECIFIED}
+
+
+def model_pb(record: ModelRecord) -> pb.Model:
+    return pb.Model(
+        name=f"models/{record.id}",
+        job=record.job,
+        base_model=record.base_model,
+        method=record.method,
+        directory=record.directory,
+        files=[pb.ModelFile(path=p, size_bytes=s) for p, s in record.files],
+        modelfile=record.modelfile,
+        create_time=to_timestamp(record.create_time),
+    )
+
+
+def options_from_pb(options: pb.GenerationOptions) -> Options:
+    violations = []
+    if not 0 <= options.max_new_tokens <= MAX_NEW_TOKENS:
+        violations.append(FieldViolation("options.max_new_tokens", f"must be between 0 (default) and {MAX_NEW_TOKENS}"))
+    if options.temperature < 0:
+        violations.append(FieldViolation("options.temperature", "must not be negative (0 is greedy)"))
+    if not 0 <= options.top_p <= 1:
+        violations.append(FieldViolation("options.top_p", "must be between 0 and 1"))
+    if violations:
+        raise InvalidArgument(
+            "; ".join(f"{v.field} {v.description}" for v in violations),
+            reason="INVALID_GENERATION_OPTIONS",
+            violations=violations,
+        )
+    return Options(
+        options.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, options.temperature, options.top_p or 1.0, options.seed
+    )
+
+
+class ServeServicer(pb_grpc.ServeServiceServicer):
+    def __init__(self, store: ModelStore, exporter: Exporter, backend: EmbeddedBackend) -> None:
+        self.store = store
+        self.exporter = exporter
+        self.backend = backend
+
+    def _directory(self, name: str) -> Path:
+        return Path(self.store.get(parse_name(name, "models", field="model")).directory)
+
+    def ExportModel(self, request, context):
+        record = self.exporter.export(request.request_id, request.job, request.model_id)
+        return pb.ExportModelResponse(model=model_pb(record))
+
+    def ListModels(self, request, context):
+        records, token = self.store.list(request.page_size, request.page_token)
+        return pb.ListModelsResponse(models=[model_pb(r) for r in records], next_page_token=token)
+
+    def Generate(self, request, context):
+        directory = self._directory(request.model)
+        if not request.prompt:
+            raise InvalidArgument(
+                "prompt is empty", reason="EMPTY_PROMPT", violations=[FieldViolation("prompt", "required")]
+            )
+        for piece in self.backend.generate(directory, request.prompt, options_from_pb(request.options)):
+            yield pb.GenerateResponse(
+                text=piece.text, finish_reason=_FINISH[piece.finish_reason], token_count=piece.token_count
+            )
+
+    def Chat(self, request, context):
+        directory = self._directory(request.model)
+        violations = [
+            FieldViolation(f"messages[{i}].role", f"{m.role!r} is not one of {', '.join(ROLES)}")
+            for i, m in enumerate(request.messages)
+            if m.role not in ROLES
+        ]
+        if not request.messages:
+            violations.append(FieldViolation("messages", "at least one message is required"))
+        if violations:
+            raise InvalidArgument(
+                "; ".join(f"{v.field}: {v.description}" for v in violations),
+                reason="INVALID_MESSAGES",
+                violations=violations,
+            )
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        for piece in self.backend.chat(directory, messages, options_from_pb(request.options)):
+            yield pb.ChatResponse(
+                text=piece.text, finish_reason=_FINISH[piece.finish_reason], token_count=piece.token_count
+            )
+
+
+def register(servicer: ServeServicer):
+    def add(server: grpc.Server) -> None:
+        pb_grpc.add_ServeServiceServicer_to_server(servicer, server)
+
+    return add

@@ -1,0 +1,117 @@
+"""Starting the three services as separate processes on one machine (``tunewright up``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEFAULT_PORTS = {"data": 50051, "trainer": 50052, "serve": 50053}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    """Three service processes, each with its own data directory under ``state_dir``."""
+
+    state_dir: Path
+    host: str = "127.0.0.1"
+    ports: dict[str, int] | None = None
+    log_dir: Path | None = None
+    env: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir)
+        self.ports = dict(self.ports or DEFAULT_PORTS)
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def address(self, service: str) -> str:
+        return f"{self.host}:{self.ports[service]}"
+
+    def _command(self, service: str) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            f"tunewright.{service}",
+            "--listen",
+            self.address(service),
+            "--data-dir",
+            str(self.state_dir / service),
+        ]
+        if service == "trainer":
+            command += ["--data-service", self.address("data")]
+        if service == "serve":
+            command += ["--trainer-service", self.address("trainer")]
+        return command
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = {**os.environ, **(self.env or {})}
+        for service in ("data", "trainer", "serve"):
+            output = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                output = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the child
+            self.processes[service] = subprocess.Popen(
+                self._command(service), env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
+            )
+        try:
+            for service in self.processes:
+                self.wait_serving(service, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_serving(self, service: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address(service)) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.processes[service].poll() is not None:
+                    raise RuntimeError(f"the {service} service exited with code {self.processes[service].returncode}")
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the {service} service did not answer on {self.address(service)} within {timeout}s"
+                    )
+                time.sleep(0.2)
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int]:
+        """SIGTERM to each service, newest first; returns their exit codes."""
+        codes = {}
+        for service in reversed(list(self.processes)):
+            process = self.processes[service]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for service, process in self.processes.items():
+            try:
+                codes[service] = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[service] = process.wait()
+        return codes
+
+    def wait(self) -> None:
+        """Blocks until a service exits or this process is told to stop."""
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+        signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+        while not stopping and all(p.poll() is None for p in self.processes.values()):
+            time.sleep(0.5)

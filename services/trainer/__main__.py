@@ -1,0 +1,27 @@
+"""``python -m tunewright.trainer``: the trainer service as its own process."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tunewright.core.logging import configure_logging
+from tunewright.core.server import serve_until_signalled
+from tunewright.trainer.app import start_trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tunewright.trainer", description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:50052", help="host:port to serve on")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(".tunewright/trainer"), help="jobs, artifacts, model cache"
+    )
+    parser.add_argument("--data-service", default="127.0.0.1:50051", help="address of the data service")
+    args = parser.parse_args(argv)
+    configure_logging("trainer")
+    server, runner = start_trainer(args.listen, args.data_dir, args.data_service)
+    serve_until_signalled(server, on_stop=runner.stop)
+
+
+if __name__ == "__main__":
+    main()

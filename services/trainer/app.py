@@ -1,0 +1,45 @@
+"""Wiring of the trainer service: store, runner, plugins and the data service client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from tunewright.core.errors import Unavailable
+from tunewright.core.plugins import load_methods
+from tunewright.core.server import Server, create_server
+from tunewright.data.v1 import data_service_pb2 as data_pb
+from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
+from tunewright.trainer.runner import JobRunner
+from tunewright.trainer.service import Trainer
+from tunewright.trainer.servicer import SERVICE_NAME, register
+from tunewright.trainer.store import JobStore
+
+
+def dataset_checker(data_service: str):
+    channel = grpc.insecure_channel(data_service)
+    stub = data_grpc.DataServiceStub(channel)
+
+    def exists(name: str) -> bool:
+        try:
+            stub.GetDataset(data_pb.GetDatasetRequest(name=name), timeout=30)
+        except grpc.RpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return False
+            raise Unavailable(
+                f"the data service at {data_service} did not answer ({error.code().name}); start it, then retry",
+                reason="DATA_SERVICE_UNAVAILABLE",
+            ) from error
+        return True
+
+    return exists
+
+
+def start_trainer(address: str, data_dir: Path, data_service: str) -> tuple[Server, JobRunner]:
+    data_dir = Path(data_dir)
+    store = JobStore(data_dir / "trainer.sqlite3")
+    runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "models")
+    trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service))
+    server = create_server(address, register(trainer), [SERVICE_NAME])
+    runner.start()
+    return server, runner

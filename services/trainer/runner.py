@@ -1,0 +1,167 @@
+"""Runs queued jobs one at a time, each in its own worker process.
+
+The runner thread never trains: it starts ``tunewright.trainer.worker``, turns the
+worker's events into stored job events, and decides how the job ends from what the
+worker said and how it exited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import structlog
+from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
+
+log = structlog.get_logger(__name__)
+
+KILL_AFTER_SECONDS = 10.0
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, jobs_dir: Path, data_service: str, model_cache: Path) -> None:
+        self.store = store
+        self.jobs_dir = Path(jobs_dir)
+        self.data_service = data_service
+        self.model_cache = Path(model_cache)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._current: tuple[str, subprocess.Popen] | None = None
+        self._cancelled: set[str] = set()
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def start(self) -> None:
+        for job_id in self.store.requeue_interrupted():
+            log.warning("requeued interrupted job", job_id=job_id)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops the runner; a running job is cancelled back to the queue's care on restart."""
+        self._stopping.set()
+        with self.store.changed:
+            self.store.changed.notify_all()
+        with self._lock:
+            current = self._current
+        if current is not None:
+            self._terminate(current[1])
+        self._thread.join(timeout=KILL_AFTER_SECONDS + 5)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancels a queued or running job; False if it had already finished."""
+        if self.store.set_state(job_id, CANCELLED, only_from=(QUEUED,)):
+            return True
+        with self._lock:
+            current = self._current
+            if current is None or current[0] != job_id:
+                return False
+            self._cancelled.add(job_id)
+        self._terminate(current[1])
+        return True
+
+    def _terminate(self, process: subprocess.Popen) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=KILL_AFTER_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            job = self.store.next_queued()
+            if job is None:
+                with self.store.changed:
+                    self.store.changed.wait(timeout=1.0)
+                continue
+            try:
+                self._run(job)
+            except Exception:  # noqa: BLE001 - one job's failure must not stop the queue
+                log.exception("runner error", job_id=job.id)
+                self.store.set_state(
+                    job.id, FAILED, "RUNNER_ERROR", "the trainer could not run this job; see the trainer log"
+                )
+
+    def _run(self, job: JobRecord) -> None:
+        if not self.store.set_state(job.id, RUNNING, only_from=(QUEUED,)):
+            return
+        bound = log.bind(job_id=job.id)
+        job_dir = self.job_dir(job.id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "job.json").write_text(
+            json.dumps(
+                {
+                    "job_id": job.id,
+                    "base_model": job.base_model,
+                    "dataset": job.dataset,
+                    "method": job.method,
+                    "method_parameters": job.method_parameters,
+                    "hyperparameters": job.hyperparameters,
+                    "data_service": self.data_service,
+                    "model_cache": str(self.model_cache),
+                },
+                indent=2,
+            )
+        )
+        read_fd, write_fd = os.pipe()
+        with open(job_dir / "worker.log", "ab") as worker_log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tunewright.trainer.worker", str(job_dir), "--events-fd", str(write_fd)],
+                pass_fds=(write_fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=worker_log,
+                stderr=worker_log,
+                start_new_session=True,
+            )
+        os.close(write_fd)
+        with self._lock:
+            self._current = (job.id, process)
+        bound.info("worker started", pid=process.pid)
+        error: dict | None = None
+        done = False
+        with os.fdopen(read_fd, encoding="utf-8") as events:
+            for line in events:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    bound.warning("unreadable worker event", line=line[:200])
+                    continue
+                kind = event.pop("kind", "")
+                if kind == "error":
+                    error = event
+                elif kind == "done":
+                    done = True
+                elif kind in ("progress", "evaluation", "log"):
+                    self.store.record(job.id, kind, event)
+        code = process.wait()
+        with self._lock:
+            self._current = None
+            cancelled = job.id in self._cancelled
+            self._cancelled.discard(job.id)
+        bound.info("worker exited", exit_code=code)
+        if cancelled:
+            self.store.set_state(job.id, CANCELLED)
+        elif self._stopping.is_set():
+            self.store.set_state(job.id, QUEUED)  # the trainer is stopping: run it again after restart
+        elif code == 0 and done:
+            self.store.set_state(job.id, SUCCEEDED)
+        elif error is not None:
+            self.store.set_state(job.id, FAILED, error.get("code", "WORKER_ERROR"), error.get("message", ""))
+        else:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if code == -signal.SIGKILL:
+                how += " (out of memory?)"
+            self.store.set_state(
+                job.id,
+                FAILED,
+                "WORKER_CRASHED",
+                f"the worker {how} without reporting an error; see {job_dir / 'worker.log'}",
+            )

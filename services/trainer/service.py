@@ -1,0 +1,160 @@
+"""The trainer's domain: checking job requests up front, and the job lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from tunewright.core.basemodel import BUILTIN_MODELS
+from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from tunewright.core.methods import Method, build_config, config_to_dict
+from tunewright.core.plugins import get_method
+from tunewright.trainer.runner import JobRunner
+from tunewright.trainer.store import TERMINAL, Event, JobRecord, JobStore
+from tunewright.trainer.training import Hyperparameters
+from tunewright.trainer.worker import ARTIFACT
+
+# Each limit keeps a request from asking for something this machine cannot do.
+LIMITS = {
+    "epochs": (1, 100),
+    "batch_size": (1, 1024),
+    "max_seq_length": (16, 131072),
+    "max_steps": (0, 10_000_000),
+    "eval_max_new_tokens": (1, 4096),
+}
+
+
+def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparameters:
+    """Fills defaults (the learning rate from the method) and checks ranges."""
+    values = {"learning_rate": method.default_learning_rate, **given}
+    violations = []
+    for name, (low, high) in LIMITS.items():
+        if name in values and not low <= values[name] <= high:
+            violations.append(
+                FieldViolation(f"hyperparameters.{name}", f"must be between {low} and {high}, got {values[name]}")
+            )
+    if not 0 < values["learning_rate"] < 1:
+        violations.append(
+            FieldViolation("hyperparameters.learning_rate", f"must be in (0, 1), got {values['learning_rate']}")
+        )
+    if violations:
+        raise InvalidArgument(
+            "; ".join(f"{v.field} {v.description}" for v in violations),
+            reason="INVALID_HYPERPARAMETER",
+            violations=violations,
+        )
+    return Hyperparameters(**values)
+
+
+def check_base_model(spec: str) -> None:
+    if spec in BUILTIN_MODELS:
+        return
+    folder = Path(spec).expanduser()
+    if not spec or not folder.is_dir():
+        raise InvalidArgument(
+            f"base_model {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor a folder on the trainer host",
+            reason="UNKNOWN_BASE_MODEL",
+            violations=[FieldViolation("base_model", "not a built-in name or an existing folder")],
+        )
+
+
+class Trainer:
+    def __init__(
+        self, store: JobStore, runner: JobRunner, methods: dict[str, Method], dataset_exists: Callable[[str], bool]
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.methods = methods
+        self.dataset_exists = dataset_exists
+
+    def create_job(
+        self,
+        request_id: str,
+        base_model: str,
+        dataset: str,
+        method_name: str,
+        method_parameters: dict[str, Any],
+        hyperparameters: dict[str, Any],
+    ) -> JobRecord:
+        if request_id:
+            existing = self.store.db.query_one("SELECT id FROM jobs WHERE request_id = ?", (request_id,))
+            if existing is not None:
+                return self.store.get(existing["id"])
+        method = get_method(self.methods, method_name)
+        config = build_config(method, method_parameters)
+        hp = resolve_hyperparameters(hyperparameters, method)
+        check_base_model(base_model)
+        if method.capabilities.requires_gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise FailedPrecondition(
+                    f"method {method.name!r} needs a CUDA GPU and the trainer has none", reason="GPU_REQUIRED"
+                )
+        if not dataset.startswith("datasets/") or not self.dataset_exists(dataset):
+            raise NotFound(
+                f"{dataset!r} does not exist on the data service; create it with CreateDataset",
+                reason="DATASET_NOT_FOUND",
+                violations=[FieldViolation("dataset", "no such dataset")],
+            )
+        job, _ = self.store.create(request_id, base_model, dataset, method.name, config_to_dict(config), asdict(hp))
+        return job
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        job = self.store.get(job_id)
+        if job.state in TERMINAL or not self.runner.cancel(job_id):
+            job = self.store.get(job_id)
+            raise FailedPrecondition(
+                f"jobs/{job_id} has already finished ({job.state}); only queued or running jobs can be cancelled",
+                reason="JOB_FINISHED",
+            )
+        return self.wait_until(job_id, lambda j: j.state in TERMINAL, timeout=30) or self.store.get(job_id)
+
+    def wait_until(self, job_id: str, done: Callable[[JobRecord], bool], timeout: float) -> JobRecord | None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.store.get(job_id)
+            if done(job):
+                return job
+            with self.store.changed:
+                self.store.changed.wait(timeout=0.5)
+        return None
+
+    def watch(self, job_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[Event]:
+        """Stored events after ``after``, then new ones as they come, until the job ends."""
+        self.store.get(job_id)
+        while is_active():
+            events = self.store.events_after(job_id, after)
+            yield from events
+            if events:
+                after = events[-1].seq
+            if self.store.get(job_id).state in TERMINAL and not self.store.events_after(job_id, after):
+                return
+            if not events:
+                with self.store.changed:
+                    self.store.changed.wait(timeout=1.0)
+
+    def artifact_files(self, job_id: str, path: str) -> list[tuple[str, Path]]:
+        job = self.store.get(job_id)
+        if job.state != "SUCCEEDED":
+            raise FailedPrecondition(
+                f"jobs/{job_id} is {job.state}; artifacts exist once it has SUCCEEDED", reason="JOB_NOT_SUCCEEDED"
+            )
+        root = self.runner.job_dir(job_id) / ARTIFACT
+        files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+        if path:
+            files = [(rel, p) for rel, p in files if rel == path]
+            if not files:
+                raise NotFound(
+                    f"jobs/{job_id} has no artifact file {path!r}",
+                    reason="ARTIFACT_FILE_NOT_FOUND",
+                    violations=[FieldViolation("path", "no such file in the artifact")],
+                )
+        return files
+
+
+HYPERPARAMETER_NAMES = [f.name for f in fields(Hyperparameters)]

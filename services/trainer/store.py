@@ -1,0 +1,230 @@
+"""Job records and their event history, in SQLite.
+
+A job's state only moves forward (QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED),
+and each change is stored with its event in one transaction, so WatchJob replays exactly
+what happened, even after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunewright.core.db import Database
+from tunewright.core.errors import FieldViolation, NotFound
+from tunewright.core.ids import new_id
+from tunewright.core.paging import next_token, page_bounds
+from tunewright.core.timeutil import now
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    base_model TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    method TEXT NOT NULL,
+    method_parameters TEXT NOT NULL,
+    hyperparameters TEXT NOT NULL,
+    request_id TEXT UNIQUE,
+    create_time TEXT NOT NULL,
+    start_time TEXT,
+    end_time TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    progress TEXT,
+    evaluation TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    seq INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+"""
+
+
+@dataclass
+class JobRecord:
+    id: str
+    state: str
+    base_model: str
+    dataset: str
+    method: str
+    method_parameters: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    create_time: str
+    start_time: str | None = None
+    end_time: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    progress: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+
+
+@dataclass
+class Event:
+    seq: int
+    time: str
+    kind: str  # "state", "progress", "evaluation", "log"
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _job(row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        state=row["state"],
+        base_model=row["base_model"],
+        dataset=row["dataset"],
+        method=row["method"],
+        method_parameters=json.loads(row["method_parameters"]),
+        hyperparameters=json.loads(row["hyperparameters"]),
+        create_time=row["create_time"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        progress=_loads(row["progress"]),
+        evaluation=_loads(row["evaluation"]),
+    )
+
+
+class JobStore:
+    def __init__(self, db_path) -> None:
+        self.db = Database(db_path, SCHEMA)
+        # Wakes WatchJob streams and the runner when something changes.
+        self.changed = threading.Condition()
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def create(
+        self,
+        request_id: str,
+        base_model: str,
+        dataset: str,
+        method: str,
+        method_parameters: dict[str, Any],
+        hyperparameters: dict[str, Any],
+    ) -> tuple[JobRecord, bool]:
+        """(job, created): a retry with the same request_id returns the first job."""
+        with self.db.transaction() as conn:
+            if request_id:
+                row = conn.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+                if row is not None:
+                    return _job(row), False
+            job_id = new_id("job")
+            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            conn.execute(
+                "INSERT INTO jobs (id, seq, state, base_model, dataset, method, method_parameters, hyperparameters,"
+                " request_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    seq,
+                    QUEUED,
+                    base_model,
+                    dataset,
+                    method,
+                    json.dumps(method_parameters),
+                    json.dumps(hyperparameters),
+                    request_id or None,
+                    now(),
+                ),
+            )
+            self._append(conn, job_id, "state", {"state": QUEUED})
+        self._notify()
+        return self.get(job_id), True
+
+    def get(self, job_id: str) -> JobRecord:
+        row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(
+                f"jobs/{job_id} does not exist",
+                reason="JOB_NOT_FOUND",
+                violations=[FieldViolation("name", "no such job")],
+            )
+        return _job(row)
+
+    def list(self, page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
+        offset, limit = page_bounds(page_size, page_token)
+        rows = self.db.query("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))
+        return [_job(r) for r in rows], next_token(offset, limit, len(rows))
+
+    def next_queued(self) -> JobRecord | None:
+        row = self.db.query_one("SELECT * FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,))
+        return _job(row) if row else None
+
+    def _append(self, conn, job_id: str, kind: str, payload: dict[str, Any]) -> None:
+        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (job_id, seq, now(), kind, json.dumps(payload)))
+
+    def set_state(
+        self,
+        job_id: str,
+        state: str,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        only_from: tuple[str, ...] | None = None,
+    ) -> bool:
+        """Moves the job to ``state`` (if it is in one of ``only_from``) and records the event."""
+        with self.db.transaction() as conn:
+            current = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()["state"]
+            if current in TERMINAL or (only_from is not None and current not in only_from):
+                return False
+            stamp = now()
+            if state == RUNNING:
+                conn.execute("UPDATE jobs SET state = ?, start_time = ? WHERE id = ?", (state, stamp, job_id))
+            elif state in TERMINAL:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, end_time = ?, error_code = ?, error_message = ? WHERE id = ?",
+                    (state, stamp, error_code, error_message, job_id),
+                )
+            else:
+                conn.execute("UPDATE jobs SET state = ?, start_time = NULL WHERE id = ?", (state, job_id))
+            payload: dict[str, Any] = {"state": state}
+            if error_code:
+                payload["error"] = {"code": error_code, "message": error_message or ""}
+            self._append(conn, job_id, "state", payload)
+        self._notify()
+        return True
+
+    def record(self, job_id: str, kind: str, payload: dict[str, Any]) -> None:
+        """Stores a progress, evaluation or log event; the latest progress and the evaluation
+        are also kept on the job itself."""
+        with self.db.transaction() as conn:
+            if kind == "progress":
+                conn.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(payload), job_id))
+            elif kind == "evaluation":
+                conn.execute("UPDATE jobs SET evaluation = ? WHERE id = ?", (json.dumps(payload), job_id))
+            self._append(conn, job_id, kind, payload)
+        self._notify()
+
+    def events_after(self, job_id: str, after: int) -> list[Event]:
+        rows = self.db.query("SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, after))
+        return [Event(r["seq"], r["time"], r["kind"], json.loads(r["payload"])) for r in rows]
+
+    def requeue_interrupted(self) -> list[str]:
+        """Jobs left RUNNING by a trainer that died go back to the queue and start over."""
+        rows = self.db.query("SELECT id FROM jobs WHERE state = ?", (RUNNING,))
+        for row in rows:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, start_time = NULL, progress = NULL WHERE id = ?", (QUEUED, row["id"])
+                )
+                self._append(
+                    conn, row["id"], "log", {"text": "the trainer restarted while this job ran; it was queued again"}
+                )
+                self._append(conn, row["id"], "state", {"state": QUEUED})
+        return [row["id"] for row in rows]

@@ -1,0 +1,169 @@
+"""The training loop and the base-against-tuned evaluation. Plain PyTorch, no gRPC.
+
+Methods only decide what is trainable (``Method.prepare``); batching, the optimizer,
+the schedule, progress reports and evaluation are the same for every method.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tunewright.core.chat import IGNORE_INDEX, TokenizedExample, end_of_turn_tokens, prompt_and_reference, render
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int = 2
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    max_seq_length: int = 512
+    seed: int = 0
+    max_steps: int = 0
+    evaluate: bool = True
+    eval_max_new_tokens: int = 48
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+
+
+def collate(batch: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(example.input_ids) for example in batch)
+    ids, labels, mask = [], [], []
+    for example in batch:
+        pad = width - len(example.input_ids)
+        ids.append(example.input_ids + [pad_id] * pad)
+        labels.append(example.labels + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(example.input_ids) + [0] * pad)
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def total_steps(n_examples: int, hp: Hyperparameters) -> int:
+    steps = hp.epochs * math.ceil(n_examples / hp.batch_size)
+    return min(steps, hp.max_steps) if hp.max_steps else steps
+
+
+def schedule(step: int, steps: int) -> float:
+    """Linear warm-up over the first 10% of steps, then linear decay to zero."""
+    warmup = max(1, steps // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (steps - step) / max(1, steps - warmup))
+
+
+def train(
+    model: Any,
+    examples: list[TokenizedExample],
+    hp: Hyperparameters,
+    pad_id: int,
+    on_progress: Callable[[Progress], None],
+) -> None:
+    """Trains the parameters of ``model`` that require grad with AdamW."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the method left no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
+    steps = total_steps(len(examples), hp)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, steps))
+    batches_per_epoch = math.ceil(len(examples) / hp.batch_size)
+    rng = random.Random(hp.seed)
+    model.train()
+    step = 0
+    for epoch in range(hp.epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for b in range(batches_per_epoch):
+            if step >= steps:
+                return
+            started = time.perf_counter()
+            batch = collate([examples[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]], pad_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            learning_rate = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens = int(batch["attention_mask"].sum())
+            on_progress(
+                Progress(
+                    step=step,
+                    total_steps=steps,
+                    epoch=epoch + (b + 1) / batches_per_epoch,
+                    loss=float(loss),
+                    learning_rate=learning_rate,
+                    tokens_per_second=tokens / (time.perf_counter() - started),
+                )
+            )
+
+
+@torch.no_grad()
+def mean_loss(model: Any, examples: list[TokenizedExample], pad_id: int, batch_size: int = 16) -> float:
+    """Mean cross-entropy per trained token, in nats."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i : i + batch_size], pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        total += float(losses)
+        count += int((labels != IGNORE_INDEX).sum())
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
+    """Greedy answers to each conversation's last assistant turn, stopping at end of turn."""
+    model.eval()
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in end_of_turn_tokens(tokenizer)] or [tokenizer.eos_token_id]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    answers = []
+    try:
+        for i in range(0, len(conversations), batch_size):
+            prompts = [
+                render(tokenizer, prompt_and_reference(c)[0], generation_prompt=True)
+                for c in conversations[i : i + batch_size]
+            ]
+            encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            output = model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            width = encoded["input_ids"].shape[1]
+            answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output)
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def score(answers: list[str], references: list[str]) -> dict[str, float]:
+    def first_line(text: str) -> str:
+        return text.strip().splitlines()[0].strip().lower() if text.strip() else ""
+
+    n = max(1, len(references))
+    return {
+        "exact_match": sum(a.strip() == r.strip() for a, r in zip(answers, references, strict=True)) / n,
+        "first_line_match": sum(first_line(a) == first_line(r) for a, r in zip(answers, references, strict=True)) / n,
+    }

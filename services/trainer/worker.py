@@ -1,0 +1,221 @@
+"""One job's worker process: ``python -m tunewright.trainer.worker JOB_DIR --events-fd N``.
+
+It pulls the dataset from the data service over gRPC, trains with the job's method,
+evaluates base against tuned on the test split, and publishes the artifact folder with a
+rename. It reports to the trainer as JSON lines on the events pipe; its own log goes to
+stderr, which the trainer keeps as ``JOB_DIR/worker.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tunewright.core.basemodel import load_model, load_tokenizer, resolve_base_model
+from tunewright.core.chat import prompt_and_reference, tokenize_for_training
+from tunewright.core.errors import TunewrightError
+from tunewright.core.files import write_lines_atomic, write_text_atomic
+from tunewright.core.methods import build_config
+from tunewright.core.plugins import get_method, load_methods
+from tunewright.data.v1 import data_service_pb2 as data_pb
+from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
+from tunewright.trainer import training
+
+ARTIFACT = "artifact"
+MANIFEST = "manifest.json"
+PREDICTIONS = "eval_predictions.jsonl"
+ADAPTER = "adapter"
+
+
+class JobFailure(Exception):
+    """Ends the job FAILED with an UPPER_SNAKE code and a message the user can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Events:
+    def __init__(self, fd: int) -> None:
+        self._out = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
+
+    def emit(self, kind: str, **payload: Any) -> None:
+        self._out.write(json.dumps({"kind": kind, **payload}) + "\n")
+
+    def log(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+        self.emit("log", text=text)
+
+
+def fetch_split(address: str, dataset: str, split: int) -> list[list[dict[str, str]]]:
+    with grpc.insecure_channel(address) as channel:
+        stub = data_grpc.DataServiceStub(channel)
+        try:
+            responses = stub.ReadDataset(data_pb.ReadDatasetRequest(name=dataset, split=split), timeout=300)
+            return [[{"role": m.role, "content": m.content} for m in r.example.messages] for r in responses]
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise JobFailure("DATASET_NOT_FOUND", f"{dataset} no longer exists on the data service") from error
+            raise JobFailure(
+                "DATASET_UNAVAILABLE",
+                f"could not read {dataset} from the data service at {address}: {error.code().name} {error.details()}; "
+                "check that the data service runs, then create the job again",
+            ) from error
+
+
+def run(job_dir: Path, events: Events) -> None:
+    spec = json.loads((job_dir / "job.json").read_text())
+    hp = training.Hyperparameters(**spec["hyperparameters"])
+    method = get_method(load_methods(), spec["method"])
+    config = build_config(method, spec["method_parameters"])
+
+    import torch
+
+    torch.manual_seed(hp.seed)
+    events.log(f"reading {spec['dataset']} from the data service")
+    splits = {
+        name: fetch_split(spec["data_service"], spec["dataset"], number)
+        for name, number in (
+            ("train", data_pb.SPLIT_TRAIN),
+            ("validation", data_pb.SPLIT_VALIDATION),
+            ("test", data_pb.SPLIT_TEST),
+        )
+    }
+    events.log("examples: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+
+    try:
+        folder = resolve_base_model(spec["base_model"], Path(spec["model_cache"]))
+    except TunewrightError as error:
+        raise JobFailure(error.reason, error.message) from error
+    events.log(f"loading base model {spec['base_model']}")
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder)
+
+    tokenized = {
+        name: [tokenize_for_training(tokenizer, c, hp.max_seq_length) for c in convs] for name, convs in splits.items()
+    }
+    train_examples = [e for e in tokenized["train"] if e.trained_tokens]
+    if not train_examples:
+        raise JobFailure(
+            "NO_TRAINABLE_EXAMPLES",
+            f"no training example keeps an assistant token within max_seq_length={hp.max_seq_length}; raise max_seq_length",
+        )
+    if len(train_examples) < len(tokenized["train"]):
+        events.log(
+            f"{len(tokenized['train']) - len(train_examples)} training example(s) lost every assistant token to max_seq_length and were skipped"
+        )
+
+    test = splits["test"]
+    evaluate = hp.evaluate and bool(test)
+    references = [prompt_and_reference(c)[1] for c in test]
+    if hp.evaluate and not test:
+        events.log("the dataset has no test split, so there is no evaluation")
+    if evaluate:
+        events.log(f"evaluating the base model on {len(test)} test examples")
+        base_answers = training.generate_answers(model, tokenizer, test, hp.eval_max_new_tokens)
+        base_score = {
+            "loss": training.mean_loss(model, tokenized["test"], tokenizer.pad_token_id),
+            **training.score(base_answers, references),
+        }
+
+    try:
+        model = method.prepare(model, config)
+    except ValueError as error:
+        raise JobFailure("INVALID_METHOD_PARAMETER", f"method {method.name!r}: {error}") from error
+
+    def on_progress(progress: training.Progress) -> None:
+        if not math.isfinite(progress.loss):
+            raise JobFailure(
+                "TRAINING_DIVERGED", f"the loss became {progress.loss} at step {progress.step}; lower learning_rate"
+            )
+        events.emit("progress", **asdict(progress))
+
+    events.log(f"training {method.name} for {training.total_steps(len(train_examples), hp)} steps")
+    training.train(model, train_examples, hp, tokenizer.pad_token_id, on_progress)
+    if tokenized["validation"]:
+        events.log(f"validation loss {training.mean_loss(model, tokenized['validation'], tokenizer.pad_token_id):.4f}")
+
+    staging = job_dir / f".{ARTIFACT}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    method.save(model, config, staging / ADAPTER)
+    write_text_atomic(
+        staging / MANIFEST,
+        json.dumps(
+            {
+                "base_model": spec["base_model"],
+                "method": method.name,
+                "method_parameters": spec["method_parameters"],
+                "hyperparameters": spec["hyperparameters"],
+            },
+            indent=2,
+        ),
+    )
+
+    if evaluate:
+        events.log("evaluating the fine-tuned model")
+        tuned_answers = training.generate_answers(model, tokenizer, test, hp.eval_max_new_tokens)
+        tuned_score = {
+            "loss": training.mean_loss(model, tokenized["test"], tokenizer.pad_token_id),
+            **training.score(tuned_answers, references),
+        }
+        write_lines_atomic(
+            staging / PREDICTIONS,
+            (
+                json.dumps({"index": i, "messages": c, "reference": r, "base": b, "tuned": t}, ensure_ascii=False)
+                for i, (c, r, b, t) in enumerate(zip(test, references, base_answers, tuned_answers, strict=True))
+            ),
+        )
+        events.emit("evaluation", example_count=len(test), base=base_score, tuned=tuned_score)
+
+    shutil.rmtree(job_dir / ARTIFACT, ignore_errors=True)
+    staging.rename(job_dir / ARTIFACT)
+    events.emit("done")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tunewright.trainer.worker")
+    parser.add_argument("job_dir", type=Path)
+    parser.add_argument("--events-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    torch_threads = os.environ.get("TUNEWRIGHT_TORCH_THREADS")
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(int(torch_threads))
+    events = Events(args.events_fd)
+    try:
+        run(args.job_dir, events)
+    except JobFailure as failure:
+        events.emit("error", code=failure.code, message=failure.message)
+        return 1
+    except TunewrightError as error:
+        events.emit("error", code=error.reason, message=error.message)
+        return 1
+    except MemoryError:
+        events.emit(
+            "error", code="OUT_OF_MEMORY", message="the worker ran out of memory; lower batch_size or max_seq_length"
+        )
+        return 1
+    except Exception as error:  # noqa: BLE001 - reported to the user, with the traceback in worker.log
+        traceback.print_exc()
+        events.emit(
+            "error",
+            code="WORKER_ERROR",
+            message=f"{type(error).__name__}: {error} (traceback in {args.job_dir / 'worker.log'})",
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
