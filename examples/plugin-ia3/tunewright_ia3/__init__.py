@@ -1,0 +1,57 @@
+"""IA3 (peft) as a tunewright method: learned per-channel scales on keys, values and the MLP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunewright import hookimpl
+from tunewright.core.methods import Capabilities
+
+
+@dataclass
+class IA3Config:
+    target_modules: list[str] = field(
+        default_factory=lambda: ["k_proj", "v_proj", "down_proj"],
+        metadata={"help": "Layers whose activations get a learned scale."},
+    )
+    feedforward_modules: list[str] = field(
+        default_factory=lambda: ["down_proj"],
+        metadata={"help": "The subset of target_modules that are feed-forward layers (scaled on their input)."},
+    )
+
+    def __post_init__(self) -> None:
+        if not set(self.feedforward_modules) <= set(self.target_modules):
+            raise ValueError("feedforward_modules must be a subset of target_modules")
+
+
+class IA3Method:
+    name = "ia3"
+    description = "IA3 (peft): learns one scale per channel of keys, values and MLP inputs; tiny and mergeable."
+    config_class = IA3Config
+    capabilities = Capabilities(mergeable=True, exportable=True)
+    default_learning_rate = 3e-3
+
+    def prepare(self, model: Any, config: IA3Config) -> Any:
+        import peft
+
+        peft_config = peft.IA3Config(
+            target_modules=list(config.target_modules),
+            feedforward_modules=list(config.feedforward_modules),
+            task_type="CAUSAL_LM",
+        )
+        return peft.get_peft_model(model, peft_config)
+
+    def save(self, model: Any, config: IA3Config, directory: Path) -> None:
+        model.save_pretrained(directory, safe_serialization=True)
+
+    def merge(self, base_model: Any, directory: Path) -> Any:
+        import peft
+
+        return peft.PeftModel.from_pretrained(base_model, directory).merge_and_unload()
+
+
+@hookimpl
+def tunewright_register_methods(register):
+    register(IA3Method())

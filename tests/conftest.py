@@ -1,0 +1,144 @@
+"""Shared fixtures: a tiny random Llama with a trained tokenizer, and the three services
+on loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+REPO = Path(__file__).resolve().parent.parent
+TICKETS = REPO / "examples" / "support_tickets" / "tickets.jsonl"
+
+CHATML = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """A 2-layer random Llama and a byte-level BPE tokenizer trained here, saved as a
+    Hugging Face folder (safetensors), with a ChatML template like SmolLM2's."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    corpus = [line for line in TICKETS.read_text().splitlines()[:200]]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model):
+    from tunewright.core.basemodel import load_tokenizer
+
+    return load_tokenizer(tiny_model)
+
+
+def ticket_lines(count: int) -> list[str]:
+    return TICKETS.read_text().splitlines()[:count]
+
+
+@pytest.fixture
+def small_jsonl(tmp_path) -> Path:
+    path = tmp_path / "small.jsonl"
+    path.write_text("\n".join(ticket_lines(40)) + "\n")
+    return path
+
+
+class Services:
+    """The three services in this process, each on its own loopback port and data directory."""
+
+    def __init__(self, root: Path) -> None:
+        from tunewright.client import Client
+        from tunewright.data.app import start_data
+        from tunewright.serve.app import start_serve
+        from tunewright.trainer.app import start_trainer
+
+        self.root = root
+        self.data = start_data("127.0.0.1:0", root / "data")
+        self.data_address = f"127.0.0.1:{self.data.port}"
+        self.trainer, self.runner = start_trainer("127.0.0.1:0", root / "trainer", self.data_address)
+        self.trainer_address = f"127.0.0.1:{self.trainer.port}"
+        self.serve = start_serve("127.0.0.1:0", root / "serve", self.trainer_address)
+        self.serve_address = f"127.0.0.1:{self.serve.port}"
+        self.client = Client(self.data_address, self.trainer_address, self.serve_address)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.runner.stop()
+        for server in (self.serve, self.trainer, self.data):
+            server.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    running = Services(tmp_path_factory.mktemp("services"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def rich_error(error: grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
+    """(ErrorInfo.reason, [(field, description)]) unpacked from a rich gRPC status."""
+    from google.rpc import error_details_pb2
+
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status on {error.code()}: {error.details()}"
+    reason, violations = "", []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    return reason, violations
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_threads():
+    # Two cores: keep torch in the test process from fighting the worker subprocesses.
+    os.environ.setdefault("TUNEWRIGHT_TORCH_THREADS", "2")
+    import torch
+
+    torch.set_num_threads(2)

@@ -1,0 +1,136 @@
+"""The trainer service through real gRPC servers, training the tiny random Llama."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from conftest import rich_error
+from tunewright.trainer.v1 import trainer_service_pb2 as pb
+
+TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+
+
+@pytest.fixture(scope="module")
+def dataset(services, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "d.jsonl"
+    from conftest import ticket_lines
+
+    path.write_text("\n".join(ticket_lines(40)) + "\n")
+    return services.client.create_dataset(services.client.upload(path).name).name
+
+
+def create(services, tiny_model, dataset, method="lora", params=None, **hp) -> pb.Job:
+    hyper = {"epochs": 1, "batch_size": 8, "eval_max_new_tokens": 8, **hp}
+    return services.client.trainer.CreateJob(pb.CreateJobRequest(
+        base_model=str(tiny_model), dataset=dataset, method=method,
+        method_parameters=params or {}, hyperparameters=pb.Hyperparameters(**hyper),
+    )).job
+
+
+def watch(services, name) -> list[pb.WatchJobResponse]:
+    return list(services.client.trainer.WatchJob(pb.WatchJobRequest(name=name), timeout=600))
+
+
+def test_list_methods_describes_lora(services):
+    methods = {m.name: m for m in services.client.trainer.ListMethods(pb.ListMethodsRequest()).methods}
+    lora = methods["lora"]
+    assert lora.description and lora.capabilities.mergeable
+    params = {p.name: p for p in lora.parameters}
+    assert params["r"].type == pb.PARAMETER_TYPE_INT and params["r"].default_json == "16"
+
+
+def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model, dataset):
+    job = create(services, tiny_model, dataset, params={"r": pb.ParameterValue(int_value=4)})
+    assert job.name.startswith("jobs/") and job.state == pb.JOB_STATE_QUEUED
+    assert job.hyperparameters.learning_rate == pytest.approx(1e-3)  # lora's default
+    events = watch(services, job.name)
+    states = [e.state_change.state for e in events if e.WhichOneof("payload") == "state_change"]
+    assert states == [pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_SUCCEEDED]
+    steps = [e.progress for e in events if e.WhichOneof("payload") == "progress"]
+    assert [s.step for s in steps] == list(range(1, 5)) and steps[-1].total_steps == 4
+    assert all(s.tokens_per_second > 0 and s.loss > 0 for s in steps)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    evaluation = next(e.evaluation for e in events if e.WhichOneof("payload") == "evaluation")
+    assert evaluation.example_count == 4 and evaluation.base.loss > 0 and evaluation.tuned.loss > 0
+
+    done = services.client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
+    assert done.state == pb.JOB_STATE_SUCCEEDED and done.progress.step == 4 and done.evaluation == evaluation
+    assert done.method_parameters["r"].int_value == 4
+    # Replaying from a sequence number sends only what came after it.
+    assert [e.sequence for e in services.client.trainer.WatchJob(pb.WatchJobRequest(name=job.name, after_sequence=3))][0] == 4
+
+    files = {}
+    current = None
+    for message in services.client.trainer.ReadArtifact(pb.ReadArtifactRequest(name=job.name)):
+        if message.WhichOneof("content") == "file":
+            current = message.file.path
+            files[current] = b""
+        else:
+            files[current] += message.chunk
+    assert {"manifest.json", "eval_predictions.jsonl", "adapter/adapter_config.json",
+            "adapter/adapter_model.safetensors"} <= set(files)
+
+
+def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model, dataset):
+    trainer = services.client.trainer
+    cases = [
+        (dict(params={"rank": pb.ParameterValue(int_value=8)}), grpc.StatusCode.INVALID_ARGUMENT, "method_parameters.rank"),
+        (dict(params={"r": pb.ParameterValue(string_value="big")}), grpc.StatusCode.INVALID_ARGUMENT, "method_parameters.r"),
+        (dict(method="nope"), grpc.StatusCode.INVALID_ARGUMENT, "method"),
+        (dict(epochs=0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.epochs"),
+        (dict(learning_rate=5.0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.learning_rate"),
+        (dict(dataset="datasets/missing"), grpc.StatusCode.NOT_FOUND, "dataset"),
+    ]
+    before = len(trainer.ListJobs(pb.ListJobsRequest(page_size=1000)).jobs)
+    for kwargs, code, field in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            create(services, tiny_model, kwargs.pop("dataset", dataset), **kwargs)
+        assert caught.value.code() == code, kwargs
+        assert field in [f for f, _ in rich_error(caught.value)[1]], kwargs
+    with pytest.raises(grpc.RpcError) as caught:
+        trainer.CreateJob(pb.CreateJobRequest(base_model="/no/such/folder", dataset=dataset, method="lora"))
+    assert rich_error(caught.value)[1][0][0] == "base_model"
+    assert len(trainer.ListJobs(pb.ListJobsRequest(page_size=1000)).jobs) == before
+
+
+def test_create_is_idempotent_on_request_id(services, tiny_model, dataset):
+    request = pb.CreateJobRequest(request_id="retry-me", base_model=str(tiny_model), dataset=dataset, method="lora",
+                                  hyperparameters=pb.Hyperparameters(max_steps=1, evaluate=False))
+    first = services.client.trainer.CreateJob(request).job
+    second = services.client.trainer.CreateJob(request).job
+    assert first.name == second.name
+    watch(services, first.name)
+
+
+def test_cancel_stops_the_worker_and_the_job_ends_cancelled(services, tiny_model, dataset):
+    job = create(services, tiny_model, dataset, epochs=100, evaluate=False)
+    for event in services.client.trainer.WatchJob(pb.WatchJobRequest(name=job.name), timeout=300):
+        if event.WhichOneof("payload") == "progress":
+            break
+    cancelled = services.client.trainer.CancelJob(pb.CancelJobRequest(name=job.name)).job
+    assert cancelled.state == pb.JOB_STATE_CANCELLED
+    assert services.runner._current is None  # the worker process is gone
+    with pytest.raises(grpc.RpcError) as caught:
+        services.client.trainer.CancelJob(pb.CancelJobRequest(name=job.name))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as caught:
+        list(services.client.trainer.ReadArtifact(pb.ReadArtifactRequest(name=job.name)))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_failing_job_ends_failed_with_a_code_and_an_actionable_message(services, tiny_model, dataset):
+    job = create(services, tiny_model, dataset, params={
+        "target_modules": pb.ParameterValue(string_list_value=pb.StringList(values=["not_a_layer"]))})
+    events = watch(services, job.name)
+    final = events[-1].state_change
+    assert final.state == pb.JOB_STATE_FAILED
+    assert final.error.code == "INVALID_METHOD_PARAMETER" and "not_a_layer" in final.error.message
+    job = services.client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
+    assert job.error.code == "INVALID_METHOD_PARAMETER"
+
+
+def test_unknown_job_is_not_found(services):
+    with pytest.raises(grpc.RpcError) as caught:
+        services.client.trainer.GetJob(pb.GetJobRequest(name="jobs/nope"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
