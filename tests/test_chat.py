@@ -6,7 +6,9 @@ from tunewright.core.chat import IGNORE_INDEX, end_of_turn_tokens, tokenize_for_
 
 
 def trained_text(tokenizer, example) -> str:
-    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX])
+    return tokenizer.decode(
+        [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    )
 
 
 def test_loss_is_on_assistant_tokens_and_their_end_of_turn_only(tiny_tokenizer):

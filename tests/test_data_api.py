@@ -7,7 +7,6 @@ import json
 
 import grpc
 import pytest
-
 from conftest import rich_error, ticket_lines
 from tunewright.data.v1 import data_service_pb2 as pb
 
@@ -60,14 +59,20 @@ def test_bad_file_is_refused_naming_every_bad_line_and_nothing_is_stored(service
     assert "line 7" in fields and "line 12: messages[1].role" in fields
     assert "line 7" in caught.value.details() and "line 12" in caught.value.details()
     assert list_names(services) == before
-    assert not any(p.name.startswith("ds-") and p.name not in {n.split("/")[1] for n in before}
-                   for p in (services.root / "data" / "datasets").iterdir())
+    assert not any(
+        p.name.startswith("ds-") and p.name not in {n.split("/")[1] for n in before}
+        for p in (services.root / "data" / "datasets").iterdir()
+    )
 
 
 @pytest.mark.parametrize(
     ("size_delta", "sha", "reason"),
-    [(1, None, "UPLOAD_SIZE_MISMATCH"), (-1, None, "UPLOAD_SIZE_MISMATCH"), (0, "0" * 64, "UPLOAD_CHECKSUM_MISMATCH"),
-     (0, "not-a-hash", "INVALID_UPLOAD_HEADER")],
+    [
+        (1, None, "UPLOAD_SIZE_MISMATCH"),
+        (-1, None, "UPLOAD_SIZE_MISMATCH"),
+        (0, "0" * 64, "UPLOAD_CHECKSUM_MISMATCH"),
+        (0, "not-a-hash", "INVALID_UPLOAD_HEADER"),
+    ],
 )
 def test_uploads_that_do_not_match_their_header_are_refused(services, size_delta, sha, reason):
     content = b'{"messages": []}\n' * 10

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from conftest import rich_error
 from tunewright.trainer.v1 import trainer_service_pb2 as pb
 
@@ -22,10 +21,15 @@ def dataset(services, tmp_path_factory):
 
 def create(services, tiny_model, dataset, method="lora", params=None, **hp) -> pb.Job:
     hyper = {"epochs": 1, "batch_size": 8, "eval_max_new_tokens": 8, **hp}
-    return services.client.trainer.CreateJob(pb.CreateJobRequest(
-        base_model=str(tiny_model), dataset=dataset, method=method,
-        method_parameters=params or {}, hyperparameters=pb.Hyperparameters(**hyper),
-    )).job
+    return services.client.trainer.CreateJob(
+        pb.CreateJobRequest(
+            base_model=str(tiny_model),
+            dataset=dataset,
+            method=method,
+            method_parameters=params or {},
+            hyperparameters=pb.Hyperparameters(**hyper),
+        )
+    ).job
 
 
 def watch(services, name) -> list[pb.WatchJobResponse]:
@@ -58,7 +62,9 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
     assert done.state == pb.JOB_STATE_SUCCEEDED and done.progress.step == 4 and done.evaluation == evaluation
     assert done.method_parameters["r"].int_value == 4
     # Replaying from a sequence number sends only what came after it.
-    assert [e.sequence for e in services.client.trainer.WatchJob(pb.WatchJobRequest(name=job.name, after_sequence=3))][0] == 4
+    assert [e.sequence for e in services.client.trainer.WatchJob(pb.WatchJobRequest(name=job.name, after_sequence=3))][
+        0
+    ] == 4
 
     files = {}
     current = None
@@ -68,15 +74,27 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
             files[current] = b""
         else:
             files[current] += message.chunk
-    assert {"manifest.json", "eval_predictions.jsonl", "adapter/adapter_config.json",
-            "adapter/adapter_model.safetensors"} <= set(files)
+    assert {
+        "manifest.json",
+        "eval_predictions.jsonl",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    } <= set(files)
 
 
 def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model, dataset):
     trainer = services.client.trainer
     cases = [
-        (dict(params={"rank": pb.ParameterValue(int_value=8)}), grpc.StatusCode.INVALID_ARGUMENT, "method_parameters.rank"),
-        (dict(params={"r": pb.ParameterValue(string_value="big")}), grpc.StatusCode.INVALID_ARGUMENT, "method_parameters.r"),
+        (
+            dict(params={"rank": pb.ParameterValue(int_value=8)}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "method_parameters.rank",
+        ),
+        (
+            dict(params={"r": pb.ParameterValue(string_value="big")}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "method_parameters.r",
+        ),
         (dict(method="nope"), grpc.StatusCode.INVALID_ARGUMENT, "method"),
         (dict(epochs=0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.epochs"),
         (dict(learning_rate=5.0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.learning_rate"),
@@ -95,8 +113,13 @@ def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model
 
 
 def test_create_is_idempotent_on_request_id(services, tiny_model, dataset):
-    request = pb.CreateJobRequest(request_id="retry-me", base_model=str(tiny_model), dataset=dataset, method="lora",
-                                  hyperparameters=pb.Hyperparameters(max_steps=1, evaluate=False))
+    request = pb.CreateJobRequest(
+        request_id="retry-me",
+        base_model=str(tiny_model),
+        dataset=dataset,
+        method="lora",
+        hyperparameters=pb.Hyperparameters(max_steps=1, evaluate=False),
+    )
     first = services.client.trainer.CreateJob(request).job
     second = services.client.trainer.CreateJob(request).job
     assert first.name == second.name
@@ -120,8 +143,12 @@ def test_cancel_stops_the_worker_and_the_job_ends_cancelled(services, tiny_model
 
 
 def test_a_failing_job_ends_failed_with_a_code_and_an_actionable_message(services, tiny_model, dataset):
-    job = create(services, tiny_model, dataset, params={
-        "target_modules": pb.ParameterValue(string_list_value=pb.StringList(values=["not_a_layer"]))})
+    job = create(
+        services,
+        tiny_model,
+        dataset,
+        params={"target_modules": pb.ParameterValue(string_list_value=pb.StringList(values=["not_a_layer"]))},
+    )
     events = watch(services, job.name)
     final = events[-1].state_change
     assert final.state == pb.JOB_STATE_FAILED

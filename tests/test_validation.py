@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tunewright.core.errors import InvalidArgument
 from tunewright.data.validation import parse_chat_jsonl
 
 
 def good(i: int) -> bytes:
-    return json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}).encode()
+    return json.dumps(
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+    ).encode()
 
 
 def test_every_bad_line_is_named_with_its_field_and_fix():
@@ -37,10 +38,27 @@ def test_every_bad_line_is_named_with_its_field_and_fix():
         ({"prompt": "p", "completion": "c"}, "line 1: messages", "missing"),
         ({"messages": []}, "line 1: messages", "non-empty"),
         ({"messages": [{"role": "user", "content": "q"}]}, "line 1: messages", "no assistant"),
-        ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]}, "line 1: messages[0].content", "string"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
-         "line 1: messages[1].role", "first"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}, "line 1: messages[1].content", "empty"),
+        (
+            {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]},
+            "line 1: messages[0].content",
+            "string",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "system", "content": "s"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "line 1: messages[1].role",
+            "first",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]},
+            "line 1: messages[1].content",
+            "empty",
+        ),
         ([1, 2], "line 1", "JSON object"),
     ],
 )

