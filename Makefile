@@ -49,8 +49,8 @@ up: install
 	$(BIN)/tunewright up
 
 lint: install
-	$(BIN)/ruff check services plugins tests bench
-	$(BIN)/ruff format --check services plugins tests bench
+	$(BIN)/ruff check services plugins tests bench examples/plugin-ia3
+	$(BIN)/ruff format --check services plugins tests bench examples/plugin-ia3
 	cd protos && ../$(BIN)/buf lint
 
 clean:

@@ -35,7 +35,16 @@ def urgency(text: str) -> str | None:
 
 def progress_bar(step: int, total: int, loss: float, tokens_per_second: float, width: int = 30) -> str:
     filled = int(width * step / max(1, total))
-    return f"\r  [{'#' * filled}{'.' * (width - filled)}] step {step}/{total}  loss {loss:.3f}  {tokens_per_second:.0f} tok/s"
+    return f"[{'#' * filled}{'.' * (width - filled)}] step {step}/{total}  loss {loss:.3f}  {tokens_per_second:.0f} tok/s"
+
+
+def show_progress(step: int, total: int, loss: float, tokens_per_second: float) -> None:
+    """Redraws one line on a terminal; elsewhere (CI logs) prints every tenth of the way."""
+    bar = progress_bar(step, total, loss, tokens_per_second)
+    if sys.stdout.isatty():
+        print(f"\r  {bar}", end="", flush=True)
+    elif step == total or step % max(1, total // 10) == 0:
+        print(f"  {bar}", flush=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:
