@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
 from tunewright.serve.v1 import serve_service_pb2 as serve_pb

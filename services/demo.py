@@ -35,7 +35,9 @@ def urgency(text: str) -> str | None:
 
 def progress_bar(step: int, total: int, loss: float, tokens_per_second: float, width: int = 30) -> str:
     filled = int(width * step / max(1, total))
-    return f"[{'#' * filled}{'.' * (width - filled)}] step {step}/{total}  loss {loss:.3f}  {tokens_per_second:.0f} tok/s"
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] step {step}/{total}  loss {loss:.3f}  {tokens_per_second:.0f} tok/s"
+    )
 
 
 def show_progress(step: int, total: int, loss: float, tokens_per_second: float) -> None:

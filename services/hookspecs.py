@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pluggy
+
 from tunewright import PROJECT_NAME
 
 if TYPE_CHECKING:

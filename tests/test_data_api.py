@@ -7,6 +7,7 @@ import json
 
 import grpc
 import pytest
+
 from conftest import rich_error, ticket_lines
 from tunewright.data.v1 import data_service_pb2 as pb
 

@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 
 import pytest
+
 from tunewright import hookimpl, hookspecs
 from tunewright.core.errors import InvalidArgument
 from tunewright.core.methods import Capabilities, build_config, parameter_specs

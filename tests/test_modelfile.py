@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tunewright.core.chat import render
 from tunewright.serve.modelfile import CHATML_TEMPLATE, modelfile_text, ollama_template, render_like_ollama
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import REPO, ticket_lines
 from tunewright.client import Client
 from tunewright.serve.v1 import serve_service_pb2 as serve_pb

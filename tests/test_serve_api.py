@@ -7,8 +7,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ticket_lines
 from safetensors import safe_open
+
+from conftest import ticket_lines
 from tunewright.serve.v1 import serve_service_pb2 as pb
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from tunewright.core.errors import InvalidArgument
 from tunewright.data.split import SplitPlan, split_examples
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-from conftest import REPO
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from conftest import REPO
 from tunewright.stack import Stack, free_port
 
 SERVICES = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from conftest import rich_error
 from tunewright.trainer.v1 import trainer_service_pb2 as pb
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tunewright.core.errors import InvalidArgument
 from tunewright.data.validation import parse_chat_jsonl
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
+
 from tunewright.core.chat import end_of_turn_tokens
 from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument
 

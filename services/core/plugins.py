@@ -6,6 +6,7 @@ import importlib
 import os
 
 import pluggy
+
 from tunewright import PROJECT_NAME, hookspecs
 from tunewright.core.errors import FieldViolation, InvalidArgument
 from tunewright.core.methods import Method

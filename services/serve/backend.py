@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from tunewright.core.basemodel import load_model, load_tokenizer
 from tunewright.core.chat import end_of_turn_tokens, render
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import structlog
+
 from tunewright.core.basemodel import load_model, load_tokenizer, resolve_base_model, save_tokenizer
 from tunewright.core.errors import (
     FailedPrecondition,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+
 from tunewright.core.errors import FieldViolation, InvalidArgument
 from tunewright.core.ids import parse_name
 from tunewright.core.timeutil import to_timestamp

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+
 from tunewright.core.errors import Unavailable
 from tunewright.core.plugins import load_methods
 from tunewright.core.server import Server, create_server

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import structlog
+
 from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = structlog.get_logger(__name__)

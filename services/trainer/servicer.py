@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import structlog
+
 from tunewright.core.files import sha256_file
 from tunewright.core.ids import parse_name
 from tunewright.core.methods import Method, default_json, parameter_specs
@@ -31,6 +33,13 @@ _STATES = {
     "FAILED": pb.JOB_STATE_FAILED,
     "CANCELLED": pb.JOB_STATE_CANCELLED,
 }
+
+
+def job_id_of(name: str) -> str:
+    """Parses "jobs/{id}" and binds the id to this call's log lines."""
+    job_id = parse_name(name, "jobs")
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    return job_id
 
 
 def method_pb(method: Method) -> pb.Method:
@@ -136,25 +145,26 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
             {k: value_from_pb(v) for k, v in request.method_parameters.items()},
             given,
         )
+        structlog.contextvars.bind_contextvars(job_id=job.id)
         return pb.CreateJobResponse(job=job_pb(job))
 
     def GetJob(self, request, context):
-        return pb.GetJobResponse(job=job_pb(self.trainer.store.get(parse_name(request.name, "jobs"))))
+        return pb.GetJobResponse(job=job_pb(self.trainer.store.get(job_id_of(request.name))))
 
     def ListJobs(self, request, context):
         jobs, token = self.trainer.store.list(request.page_size, request.page_token)
         return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs], next_page_token=token)
 
     def CancelJob(self, request, context):
-        return pb.CancelJobResponse(job=job_pb(self.trainer.cancel_job(parse_name(request.name, "jobs"))))
+        return pb.CancelJobResponse(job=job_pb(self.trainer.cancel_job(job_id_of(request.name))))
 
     def WatchJob(self, request, context):
-        job_id = parse_name(request.name, "jobs")
+        job_id = job_id_of(request.name)
         for event in self.trainer.watch(job_id, request.after_sequence, context.is_active):
             yield event_pb(event)
 
     def ReadArtifact(self, request, context):
-        job_id = parse_name(request.name, "jobs")
+        job_id = job_id_of(request.name)
         for relative, path in self.trainer.artifact_files(job_id, request.path):
             yield pb.ReadArtifactResponse(
                 file=pb.ArtifactFile(path=relative, size_bytes=path.stat().st_size, sha256=sha256_file(path))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from tunewright.core.chat import IGNORE_INDEX, TokenizedExample, end_of_turn_tokens, prompt_and_reference, render
 
 

@@ -14,16 +14,18 @@ import math
 import os
 import shutil
 import sys
-import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import grpc
+import structlog
+
 from tunewright.core.basemodel import load_model, load_tokenizer, resolve_base_model
 from tunewright.core.chat import prompt_and_reference, tokenize_for_training
 from tunewright.core.errors import TunewrightError
 from tunewright.core.files import write_lines_atomic, write_text_atomic
+from tunewright.core.logging import configure_logging
 from tunewright.core.methods import build_config
 from tunewright.core.plugins import get_method, load_methods
 from tunewright.data.v1 import data_service_pb2 as data_pb
@@ -34,6 +36,8 @@ ARTIFACT = "artifact"
 MANIFEST = "manifest.json"
 PREDICTIONS = "eval_predictions.jsonl"
 ADAPTER = "adapter"
+
+log = structlog.get_logger(__name__)
 
 
 class JobFailure(Exception):
@@ -53,7 +57,7 @@ class Events:
         self._out.write(json.dumps({"kind": kind, **payload}) + "\n")
 
     def log(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        log.info(text)
         self.emit("log", text=text)
 
 
@@ -187,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_dir", type=Path)
     parser.add_argument("--events-fd", type=int, required=True)
     args = parser.parse_args(argv)
+    configure_logging("trainer-worker", json=True)
+    structlog.contextvars.bind_contextvars(job_id=args.job_dir.name)
     torch_threads = os.environ.get("TUNEWRIGHT_TORCH_THREADS")
     if torch_threads:
         import torch
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except Exception as error:  # noqa: BLE001 - reported to the user, with the traceback in worker.log
-        traceback.print_exc()
+        log.exception("job failed")
         events.emit(
             "error",
             code="WORKER_ERROR",
