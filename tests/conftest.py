@@ -3,7 +3,6 @@ on loopback ports."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -144,9 +143,20 @@ def rich_error(error: grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
     return reason, violations
 
 
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+def run_job(client, base_model, dataset: str, method: str = "lora", **hyperparameters):
+    """Creates a job, follows WatchJob until it ends, and returns the finished job."""
+    from tunewright.trainer.v1 import trainer_service_pb2 as pb
+
+    job = client.trainer.CreateJob(
+        pb.CreateJobRequest(
+            base_model=str(base_model),
+            dataset=dataset,
+            method=method,
+            hyperparameters=pb.Hyperparameters(**hyperparameters),
+        )
+    ).job
+    list(client.trainer.WatchJob(pb.WatchJobRequest(name=job.name), timeout=900))
+    return client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
 
 
 @pytest.fixture(autouse=True, scope="session")

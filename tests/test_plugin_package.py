@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, ticket_lines
+from conftest import REPO, run_job, ticket_lines
 from tunewright.client import Client
 from tunewright.serve.v1 import serve_service_pb2 as serve_pb
 from tunewright.stack import Stack, free_port
@@ -56,16 +56,7 @@ def test_installed_plugin_is_listed_and_trains(plugin_site, tiny_model, tmp_path
         data = tmp_path / "d.jsonl"
         data.write_text("\n".join(ticket_lines(24)) + "\n")
         dataset = client.create_dataset(client.upload(data).name).name
-        job = client.trainer.CreateJob(
-            pb.CreateJobRequest(
-                base_model=str(tiny_model),
-                dataset=dataset,
-                method="ia3",
-                hyperparameters=pb.Hyperparameters(epochs=1, evaluate=False),
-            )
-        ).job
-        list(client.trainer.WatchJob(pb.WatchJobRequest(name=job.name), timeout=600))
-        job = client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
+        job = run_job(client, tiny_model, dataset, method="ia3", epochs=1, evaluate=False)
         assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
         assert job.hyperparameters.learning_rate == pytest.approx(3e-3)  # the plugin's default
         model = client.serve.ExportModel(serve_pb.ExportModelRequest(job=job.name), timeout=600).model

@@ -7,6 +7,7 @@ import json
 import pytest
 from safetensors import safe_open
 
+from conftest import run_job
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL, load_tokenizer, resolve_base_model
 from tunewright.core.chat import IGNORE_INDEX, end_of_turn_tokens, render, tokenize_for_training
 from tunewright.serve.modelfile import ollama_template, render_like_ollama
@@ -59,16 +60,7 @@ def test_a_short_job_on_the_real_model_exports_and_answers(services, smollm2, sm
 
     client = services.client
     dataset = client.create_dataset(client.upload(small_jsonl).name).name
-    job = client.trainer.CreateJob(
-        pb.CreateJobRequest(
-            base_model=str(smollm2),
-            dataset=dataset,
-            method="lora",
-            hyperparameters=pb.Hyperparameters(max_steps=2, batch_size=4, evaluate=False),
-        )
-    ).job
-    list(client.trainer.WatchJob(pb.WatchJobRequest(name=job.name), timeout=900))
-    job = client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
+    job = run_job(client, smollm2, dataset, max_steps=2, batch_size=4, evaluate=False)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
     assert job.progress.loss > 0
     model = client.serve.ExportModel(serve_pb.ExportModelRequest(job=job.name), timeout=900).model

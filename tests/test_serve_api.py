@@ -9,7 +9,7 @@ import grpc
 import pytest
 from safetensors import safe_open
 
-from conftest import ticket_lines
+from conftest import run_job, ticket_lines
 from tunewright.serve.v1 import serve_service_pb2 as pb
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 
@@ -19,15 +19,8 @@ def trained_job(services, tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("serve-data") / "d.jsonl"
     path.write_text("\n".join(ticket_lines(24)) + "\n")
     dataset = services.client.create_dataset(services.client.upload(path).name).name
-    job = services.client.trainer.CreateJob(
-        trainer_pb.CreateJobRequest(
-            base_model=str(tiny_model),
-            dataset=dataset,
-            method="lora",
-            hyperparameters=trainer_pb.Hyperparameters(epochs=1, evaluate=False),
-        )
-    ).job
-    list(services.client.trainer.WatchJob(trainer_pb.WatchJobRequest(name=job.name), timeout=600))
+    job = run_job(services.client, tiny_model, dataset, epochs=1, evaluate=False)
+    assert job.state == trainer_pb.JOB_STATE_SUCCEEDED, job.error
     return job.name
 
 

@@ -36,7 +36,7 @@ const config = {
   prompt: env.TUNEWRIGHT_PROMPT || 'Our whole team is locked out of the dashboard since this morning.',
 };
 
-const CHUNK_BYTES = 1024 * 1024; // the service accepts up to 4 MiB per chunk
+const CHUNK_BYTES = 1024 * 1024; // UploadFileRequest.chunk: at most 1 MiB each
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from tunewright.core.methods import Capabilities
 from tunewright.plugins.lora.config import LoraConfig
+from tunewright.plugins.peft_adapters import merge_adapter, save_adapter
 
 
 class LoraMethod:
@@ -33,9 +34,7 @@ class LoraMethod:
         return peft.get_peft_model(model, peft_config)
 
     def save(self, model: Any, config: LoraConfig, directory: Path) -> None:
-        model.save_pretrained(directory, safe_serialization=True)
+        save_adapter(model, directory)
 
     def merge(self, base_model: Any, directory: Path) -> Any:
-        import peft
-
-        return peft.PeftModel.from_pretrained(base_model, directory).merge_and_unload()
+        return merge_adapter(base_model, directory)

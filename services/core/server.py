@@ -25,8 +25,10 @@ log = structlog.get_logger(__name__)
 
 ERROR_DOMAIN = "tunewright"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-MAX_WORKERS = 16
-MAX_CONCURRENT_RPCS = 64
+MAX_WORKERS = 32
+# Equal to the thread count: a call beyond it is refused with RESOURCE_EXHAUSTED at once
+# instead of waiting behind long WatchJob or Generate streams.
+MAX_CONCURRENT_RPCS = MAX_WORKERS
 GRACE_SECONDS = 10.0
 
 _STATUS_OF: dict[type[errors.TunewrightError], tuple[grpc.StatusCode, int]] = {
@@ -84,6 +86,9 @@ def _abort(context: grpc.ServicerContext, error: BaseException, request_id: str)
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Binds request ids to the log, writes one line per call, maps domain errors to statuses."""
 
+    def __init__(self, service: str) -> None:
+        self.service = service
+
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
@@ -94,7 +99,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def start(context: grpc.ServicerContext) -> tuple[str, float]:
             request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
             structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(rpc=method, request_id=request_id)
+            structlog.contextvars.bind_contextvars(service=self.service, rpc=method, request_id=request_id)
             return request_id, time.monotonic()
 
         def finish(outcome: str, started: float, **extra: Any) -> None:
@@ -120,6 +125,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 request_id, started = start(context)
                 try:
                     yield from behavior(request_or_iterator, context)
+                except GeneratorExit:  # the client went away mid-stream
+                    finish("CANCELLED", started)
+                    raise
                 except Exception as error:  # noqa: BLE001 - mapped to a status right here
                     if _is_abort(error):
                         raise
@@ -173,6 +181,8 @@ def create_server(
     register: Callable[[grpc.Server], None],
     service_full_names: list[str],
 ) -> Server:
+    # "tunewright.trainer.v1.TrainerService" -> "trainer", the name on every log line.
+    service = service_full_names[0].split(".")[1]
     """Builds and starts a server on ``address`` ("127.0.0.1:0" picks a free port).
 
     ``register`` adds the service's servicers; ``service_full_names`` are the names
@@ -180,7 +190,7 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor()],
+        interceptors=[ServiceInterceptor(service)],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

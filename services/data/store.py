@@ -174,6 +174,12 @@ class DataStore:
             raise
         record = FileRecord(file_id, filename, size_bytes, sha256, now())
         with self.db.transaction() as conn:
+            if request_id and (
+                row := conn.execute("SELECT * FROM files WHERE request_id = ?", (request_id,)).fetchone()
+            ):
+                # A retry of the same upload finished first: keep its file, drop this copy.
+                (self.root / "files" / file_id).unlink(missing_ok=True)
+                return _file(row)
             conn.execute(
                 "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
                 (record.id, record.filename, record.size_bytes, record.sha256, request_id or None, record.create_time),
@@ -221,6 +227,11 @@ class DataStore:
         )
         try:
             with self.db.transaction() as conn:
+                if request_id and (
+                    row := conn.execute("SELECT * FROM datasets WHERE request_id = ?", (request_id,)).fetchone()
+                ):
+                    shutil.rmtree(folder, ignore_errors=True)  # a concurrent retry won
+                    return _dataset(row)
                 seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM datasets").fetchone()[0]
                 conn.execute(
                     "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

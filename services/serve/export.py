@@ -17,6 +17,7 @@ import structlog
 
 from tunewright.core.basemodel import load_model, load_tokenizer, resolve_base_model, save_tokenizer
 from tunewright.core.errors import (
+    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -113,6 +114,11 @@ class Exporter:
         self._lock = threading.Lock()
 
     def export(self, request_id: str, job: str, model_id: str) -> ModelRecord:
+        # The lock also makes a retry wait for the first attempt, then find its result.
+        with self._lock:
+            return self._export_locked(request_id, job, model_id)
+
+    def _export_locked(self, request_id: str, job: str, model_id: str) -> ModelRecord:
         if existing := self.store.by_request(request_id):
             return existing
         if not job.startswith("jobs/") or len(job.split("/")) != 2:
@@ -129,17 +135,16 @@ class Exporter:
                 violations=[FieldViolation("model_id", "bad characters or length")],
             )
         if self.store.exists(model_id):
-            raise FailedPrecondition(
+            raise AlreadyExists(
                 f"models/{model_id} exists already; pass another model_id",
                 reason="MODEL_EXISTS",
                 violations=[FieldViolation("model_id", "taken")],
             )
-        with self._lock:
-            staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".export-"))
-            try:
-                return self._export(staging, request_id, job, model_id)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".export-"))
+        try:
+            return self._export(staging, request_id, job, model_id)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _export(self, staging: Path, request_id: str, job: str, model_id: str) -> ModelRecord:
         artifact = staging / "artifact"
@@ -153,10 +158,10 @@ class Exporter:
                 "on the serve host; install its plugin there",
                 reason="METHOD_NOT_INSTALLED",
             ) from error
-        if not method.capabilities.mergeable:
+        if not (method.capabilities.mergeable and method.capabilities.exportable):
             raise FailedPrecondition(
-                f"method {method.name!r} produces weights that cannot be merged into the base model",
-                reason="NOT_MERGEABLE",
+                f"method {method.name!r} produces weights that cannot be merged into the base model and exported",
+                reason="NOT_EXPORTABLE",
             )
         folder = resolve_base_model(manifest["base_model"], self.model_cache)
         tokenizer = load_tokenizer(folder)

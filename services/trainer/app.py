@@ -39,7 +39,7 @@ def dataset_checker(data_service: str):
 def start_trainer(address: str, data_dir: Path, data_service: str) -> tuple[Server, JobRunner]:
     data_dir = Path(data_dir)
     store = JobStore(data_dir / "trainer.sqlite3")
-    runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "models")
+    runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "base-models")
     trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service))
     server = create_server(address, register(trainer), [SERVICE_NAME])
     runner.start()

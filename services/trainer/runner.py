@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from tunewright.core.files import write_text_atomic
 from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = structlog.get_logger(__name__)
@@ -45,7 +46,8 @@ class JobRunner:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stops the runner; a running job is cancelled back to the queue's care on restart."""
+        """Stops the runner. A running job's worker is stopped and the job queued again, so
+        the next start of the trainer runs it from the beginning."""
         self._stopping.set()
         with self.store.changed:
             self.store.changed.notify_all()
@@ -97,7 +99,8 @@ class JobRunner:
         bound = log.bind(job_id=job.id)
         job_dir = self.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / "job.json").write_text(
+        write_text_atomic(
+            job_dir / "job.json",
             json.dumps(
                 {
                     "job_id": job.id,
@@ -110,7 +113,7 @@ class JobRunner:
                     "model_cache": str(self.model_cache),
                 },
                 indent=2,
-            )
+            ),
         )
         read_fd, write_fd = os.pipe()
         with open(job_dir / "worker.log", "ab") as worker_log:
@@ -151,7 +154,9 @@ class JobRunner:
         if cancelled:
             self.store.set_state(job.id, CANCELLED)
         elif self._stopping.is_set():
-            self.store.set_state(job.id, QUEUED)  # the trainer is stopping: run it again after restart
+            self.store.requeue(
+                job.id, "the trainer stopped while this job ran; it will start over when the trainer is back"
+            )
         elif code == 0 and done:
             self.store.set_state(job.id, SUCCEEDED)
         elif error is not None:

@@ -78,10 +78,8 @@ class Trainer:
         method_parameters: dict[str, Any],
         hyperparameters: dict[str, Any],
     ) -> JobRecord:
-        if request_id:
-            existing = self.store.db.query_one("SELECT id FROM jobs WHERE request_id = ?", (request_id,))
-            if existing is not None:
-                return self.store.get(existing["id"])
+        if existing := self.store.by_request(request_id):
+            return existing
         method = get_method(self.methods, method_name)
         config = build_config(method, method_parameters)
         hp = resolve_hyperparameters(hyperparameters, method)

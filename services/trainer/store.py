@@ -147,6 +147,10 @@ class JobStore:
         self._notify()
         return self.get(job_id), True
 
+    def by_request(self, request_id: str) -> JobRecord | None:
+        row = self.db.query_one("SELECT * FROM jobs WHERE request_id = ?", (request_id,)) if request_id else None
+        return _job(row) if row else None
+
     def get(self, job_id: str) -> JobRecord:
         row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if row is None:
@@ -215,16 +219,20 @@ class JobStore:
         rows = self.db.query("SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, after))
         return [Event(r["seq"], r["time"], r["kind"], json.loads(r["payload"])) for r in rows]
 
+    def requeue(self, job_id: str, why: str) -> None:
+        """Puts a RUNNING job back in the queue; it will start over from the beginning."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = ?, start_time = NULL, progress = NULL WHERE id = ? AND state = ?",
+                (QUEUED, job_id, RUNNING),
+            )
+            self._append(conn, job_id, "log", {"text": why})
+            self._append(conn, job_id, "state", {"state": QUEUED})
+        self._notify()
+
     def requeue_interrupted(self) -> list[str]:
         """Jobs left RUNNING by a trainer that died go back to the queue and start over."""
-        rows = self.db.query("SELECT id FROM jobs WHERE state = ?", (RUNNING,))
-        for row in rows:
-            with self.db.transaction() as conn:
-                conn.execute(
-                    "UPDATE jobs SET state = ?, start_time = NULL, progress = NULL WHERE id = ?", (QUEUED, row["id"])
-                )
-                self._append(
-                    conn, row["id"], "log", {"text": "the trainer restarted while this job ran; it was queued again"}
-                )
-                self._append(conn, row["id"], "state", {"state": QUEUED})
-        return [row["id"] for row in rows]
+        job_ids = [row["id"] for row in self.db.query("SELECT id FROM jobs WHERE state = ?", (RUNNING,))]
+        for job_id in job_ids:
+            self.requeue(job_id, "the trainer restarted while this job ran; it was queued again")
+        return job_ids

@@ -8,6 +8,7 @@ from typing import Any
 
 from tunewright import hookimpl
 from tunewright.core.methods import Capabilities
+from tunewright.plugins.peft_adapters import merge_adapter, save_adapter
 
 
 @dataclass
@@ -43,13 +44,12 @@ class IA3Method:
         )
         return peft.get_peft_model(model, peft_config)
 
+    # Saving and merging are the same for every peft adapter; tunewright provides them.
     def save(self, model: Any, config: IA3Config, directory: Path) -> None:
-        model.save_pretrained(directory, safe_serialization=True)
+        save_adapter(model, directory)
 
     def merge(self, base_model: Any, directory: Path) -> Any:
-        import peft
-
-        return peft.PeftModel.from_pretrained(base_model, directory).merge_and_unload()
+        return merge_adapter(base_model, directory)
 
 
 @hookimpl
