@@ -3,6 +3,7 @@ stop on SIGTERM; and the Node.js client's whole flow against them."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -101,6 +102,28 @@ def test_node_client_runs_the_whole_flow(up, tiny_model):
     assert lines[-1] == "node client flow: OK"
     assert any("succeeded" in line for line in lines)
     assert any(line.startswith("exported models/") for line in lines)
+
+
+def test_logs_are_json_lines_bound_with_service_rpc_request_and_job(up):
+    from tunewright.data.v1 import data_service_pb2, data_service_pb2_grpc
+
+    _, stack, state = up
+    with grpc.insecure_channel(stack.address("data")) as channel:
+        stub = data_service_pb2_grpc.DataServiceStub(channel)
+        stub.ListDatasets(data_service_pb2.ListDatasetsRequest(), metadata=[("x-request-id", "trace-me-42")])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = [json.loads(line) for line in (state / "up.log").read_text().splitlines() if line.startswith("{")]
+        if any(r.get("request_id") == "trace-me-42" for r in records):
+            break
+        time.sleep(0.2)
+    calls = [r for r in records if r.get("event") == "rpc"]
+    traced = next(r for r in calls if r.get("request_id") == "trace-me-42")
+    assert traced["service"] == "data" and traced["rpc"].endswith("/ListDatasets") and traced["outcome"] == "OK"
+    assert "duration_ms" in traced and "timestamp" in traced
+    assert {r["service"] for r in calls} == {"data", "trainer", "serve"}
+    created = next(r for r in calls if r["rpc"].endswith("/CreateJob"))
+    assert created["job_id"].startswith("job-")
 
 
 def test_sigterm_stops_all_three_gracefully(up):

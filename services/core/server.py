@@ -105,16 +105,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def finish(outcome: str, started: float, **extra: Any) -> None:
             log.info("rpc", outcome=outcome, duration_ms=round((time.monotonic() - started) * 1000, 1), **extra)
 
+        def fail(error: Exception, context: grpc.ServicerContext, request_id: str, started: float) -> None:
+            if _is_abort(error):
+                raise error
+            finish(status_of(error)[0].name, started, error=str(error))
+            _abort(context, error, request_id)
+
         def wrap_unary(behavior: Callable) -> Callable:
             def wrapped(request_or_iterator, context):
                 request_id, started = start(context)
                 try:
                     response = behavior(request_or_iterator, context)
                 except Exception as error:  # noqa: BLE001 - mapped to a status right here
-                    if _is_abort(error):
-                        raise
-                    finish(status_of(error)[0].name, started, error=str(error))
-                    _abort(context, error, request_id)
+                    fail(error, context, request_id, started)
                 finish("OK", started)
                 return response
 
@@ -129,10 +132,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     finish("CANCELLED", started)
                     raise
                 except Exception as error:  # noqa: BLE001 - mapped to a status right here
-                    if _is_abort(error):
-                        raise
-                    finish(status_of(error)[0].name, started, error=str(error))
-                    _abort(context, error, request_id)
+                    fail(error, context, request_id, started)
                 finish("OK", started)
 
             return wrapped
