@@ -56,7 +56,17 @@ def _package_dir(package: str) -> Path | None:
 
 
 def resolve_base_model(spec: str, cache_dir: Path, field: str = "base_model") -> Path:
-    """Returns a folder with config.json, safetensors weights and a tokenizer for ``spec``."""
+    """Returns a folder with config.json, safetensors weights and a tokenizer for ``spec``,
+    converting a built-in model on first use."""
+    check_base_model(spec, field)
+    if spec in BUILTIN_MODELS:
+        return _builtin_folder(spec, BUILTIN_MODELS[spec], Path(cache_dir))
+    return Path(spec).expanduser()
+
+
+def check_base_model(spec: str, field: str = "base_model") -> None:
+    """Refuses a spec that is neither a built-in name nor a usable local folder, without
+    loading or converting anything (cheap enough for request validation)."""
     if not spec:
         raise InvalidArgument(
             f"{field} is empty: name a built-in model ({', '.join(BUILTIN_MODELS)}) or a local model folder",
@@ -64,7 +74,7 @@ def resolve_base_model(spec: str, cache_dir: Path, field: str = "base_model") ->
             violations=[FieldViolation(field, "required")],
         )
     if spec in BUILTIN_MODELS:
-        return _builtin_folder(spec, BUILTIN_MODELS[spec], Path(cache_dir))
+        return
     folder = Path(spec).expanduser()
     if not folder.is_dir():
         raise InvalidArgument(
@@ -79,7 +89,6 @@ def resolve_base_model(spec: str, cache_dir: Path, field: str = "base_model") ->
             reason="UNSUPPORTED_MODEL_FOLDER",
             violations=[FieldViolation(field, "no config.json or no .safetensors files")],
         )
-    return folder
 
 
 def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path) -> Path:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from tunewright.core.basemodel import BUILTIN_MODELS
+from tunewright.core.basemodel import check_base_model
 from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tunewright.core.methods import Method, build_config, config_to_dict
 from tunewright.core.plugins import get_method
@@ -46,18 +47,6 @@ def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparam
             violations=violations,
         )
     return Hyperparameters(**values)
-
-
-def check_base_model(spec: str) -> None:
-    if spec in BUILTIN_MODELS:
-        return
-    folder = Path(spec).expanduser()
-    if not spec or not folder.is_dir():
-        raise InvalidArgument(
-            f"base_model {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor a folder on the trainer host",
-            reason="UNKNOWN_BASE_MODEL",
-            violations=[FieldViolation("base_model", "not a built-in name or an existing folder")],
-        )
 
 
 class Trainer:
@@ -111,8 +100,6 @@ class Trainer:
         return self.wait_until(job_id, lambda j: j.state in TERMINAL, timeout=30) or self.store.get(job_id)
 
     def wait_until(self, job_id: str, done: Callable[[JobRecord], bool], timeout: float) -> JobRecord | None:
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.store.get(job_id)
