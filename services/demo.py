@@ -92,20 +92,22 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         f"job {job.name}: fine-tuning {args.base_model} with lora (the first run converts the model once)", flush=True
     )
     train_started = time.monotonic()
+    drawing = False  # a terminal progress line is open and needs a newline before other output
     for event in client.trainer.WatchJob(trainer_pb.WatchJobRequest(name=job.name)):
         kind = event.WhichOneof("payload")
         if kind == "progress":
             p = event.progress
-            print(progress_bar(p.step, p.total_steps, p.loss, p.tokens_per_second), end="", flush=True)
-        elif kind == "log":
-            print(
-                f"\n  {event.log.text}" if event.log.text.startswith(("evaluating", "validation")) else "",
-                end="",
-                flush=True,
-            )
+            show_progress(p.step, p.total_steps, p.loss, p.tokens_per_second)
+            drawing = sys.stdout.isatty()
+            continue
+        if drawing:
+            print(flush=True)
+            drawing = False
+        if kind == "log":
+            print(f"  {event.log.text}", flush=True)
         elif kind == "state_change":
-            print(f"\n  {trainer_pb.JobState.Name(event.state_change.state)}", end="", flush=True)
-    print(flush=True)
+            state = trainer_pb.JobState.Name(event.state_change.state).removeprefix("JOB_STATE_").lower()
+            print(f"  {state}", flush=True)
     job = client.trainer.GetJob(trainer_pb.GetJobRequest(name=job.name), timeout=30).job
     train_seconds = time.monotonic() - train_started
     if job.state != trainer_pb.JOB_STATE_SUCCEEDED:
