@@ -23,6 +23,7 @@ from tunewright.core.chat import tokenize_for_training
 from tunewright.core.methods import build_config
 from tunewright.core.plugins import load_methods
 from tunewright.trainer import training
+from tunewright.trainer.jobspec import Hyperparameters
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +47,7 @@ def main() -> None:
     model = method.prepare(load_model(folder), build_config(method, {}))
 
     seen: list[training.Progress] = []
-    hp = training.Hyperparameters(epochs=1, batch_size=args.batch_size, max_steps=args.steps + 1, evaluate=False)
+    hp = Hyperparameters(epochs=1, batch_size=args.batch_size, max_steps=args.steps + 1, evaluate=False)
     started = time.perf_counter()
     training.train(model, examples, hp, tokenizer.pad_token_id, seen.append)
     train_seconds = time.perf_counter() - started

@@ -12,10 +12,9 @@ from tunewright.core.basemodel import check_base_model
 from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tunewright.core.methods import Method, build_config, config_to_dict
 from tunewright.core.plugins import get_method
+from tunewright.trainer.jobspec import ARTIFACT, Hyperparameters
 from tunewright.trainer.runner import JobRunner
 from tunewright.trainer.store import TERMINAL, Event, JobRecord, JobStore
-from tunewright.trainer.training import Hyperparameters
-from tunewright.trainer.worker import ARTIFACT
 
 # Each limit keeps a request from asking for something this machine cannot do.
 LIMITS = {

@@ -16,18 +16,7 @@ from typing import Any
 import torch
 
 from tunewright.core.chat import IGNORE_INDEX, TokenizedExample, end_of_turn_tokens, prompt_and_reference, render
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    epochs: int = 2
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    max_seq_length: int = 512
-    seed: int = 0
-    max_steps: int = 0
-    evaluate: bool = True
-    eval_max_new_tokens: int = 48
+from tunewright.trainer.jobspec import Hyperparameters
 
 
 @dataclass

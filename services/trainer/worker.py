@@ -31,11 +31,7 @@ from tunewright.core.plugins import get_method, load_methods
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
 from tunewright.trainer import training
-
-ARTIFACT = "artifact"
-MANIFEST = "manifest.json"
-PREDICTIONS = "eval_predictions.jsonl"
-ADAPTER = "adapter"
+from tunewright.trainer.jobspec import ADAPTER, ARTIFACT, MANIFEST, PREDICTIONS, Hyperparameters
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +75,7 @@ def fetch_split(address: str, dataset: str, split: int) -> list[list[dict[str, s
 
 def run(job_dir: Path, events: Events) -> None:
     spec = json.loads((job_dir / "job.json").read_text())
-    hp = training.Hyperparameters(**spec["hyperparameters"])
+    hp = Hyperparameters(**spec["hyperparameters"])
     method = get_method(load_methods(), spec["method"])
     config = build_config(method, spec["method_parameters"])
 
