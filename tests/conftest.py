@@ -4,6 +4,7 @@ on loopback ports."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,8 @@ from grpc_status import rpc_status
 
 REPO = Path(__file__).resolve().parent.parent
 TICKETS = REPO / "examples" / "support_tickets" / "tickets.jsonl"
+# The `tunewright` command installed next to this interpreter.
+CLI = str(Path(sys.executable).with_name("tunewright"))
 
 CHATML = (
     "{% for message in messages %}"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ticket_lines
+from conftest import CLI, ticket_lines
 
 
 def test_demo_runs_the_whole_path_and_writes_its_results(tiny_model, tmp_path):
@@ -15,7 +14,7 @@ def test_demo_runs_the_whole_path_and_writes_its_results(tiny_model, tmp_path):
     data.write_text("\n".join(ticket_lines(40)) + "\n")
     results = tmp_path / "results.json"
     command = [
-        str(Path(sys.executable).with_name("tunewright")),
+        CLI,
         "demo",
         "--base-model",
         str(tiny_model),

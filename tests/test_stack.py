@@ -8,9 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import psutil
@@ -18,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from conftest import REPO
+from conftest import CLI, REPO
 from tunewright.stack import Stack, free_port
 
 SERVICES = {
@@ -33,7 +31,7 @@ def up(tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
     ports = {name: free_port() for name in SERVICES}
     command = [
-        str(Path(sys.executable).with_name("tunewright")),
+        CLI,
         "up",
         "--state-dir",
         str(state),

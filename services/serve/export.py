@@ -26,6 +26,7 @@ from tunewright.core.errors import (
     Unavailable,
 )
 from tunewright.core.files import write_text_atomic
+from tunewright.core.ids import parse_name
 from tunewright.core.methods import Method
 from tunewright.core.plugins import get_method
 from tunewright.core.timeutil import now
@@ -121,13 +122,8 @@ class Exporter:
     def _export_locked(self, request_id: str, job: str, model_id: str) -> ModelRecord:
         if existing := self.store.by_request(request_id):
             return existing
-        if not job.startswith("jobs/") or len(job.split("/")) != 2:
-            raise InvalidArgument(
-                f"job must look like 'jobs/{{id}}', got {job!r}",
-                reason="MALFORMED_NAME",
-                violations=[FieldViolation("job", "expected 'jobs/{id}'")],
-            )
-        model_id = model_id or job.split("/", 1)[1]
+        job_id = parse_name(job, "jobs", field="job")
+        model_id = model_id or job_id
         if not MODEL_ID.match(model_id):
             raise InvalidArgument(
                 f"model_id {model_id!r} must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit",

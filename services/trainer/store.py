@@ -182,7 +182,10 @@ class JobStore:
         error_message: str | None = None,
         only_from: tuple[str, ...] | None = None,
     ) -> bool:
-        """Moves the job to ``state`` (if it is in one of ``only_from``) and records the event."""
+        """Moves the job to RUNNING or a terminal state (if it is in one of ``only_from``) and
+        records the event. Going back to QUEUED is ``requeue``."""
+        if state != RUNNING and state not in TERMINAL:
+            raise ValueError(f"set_state cannot move a job to {state}; use requeue")
         with self.db.transaction() as conn:
             current = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()["state"]
             if current in TERMINAL or (only_from is not None and current not in only_from):
@@ -190,13 +193,11 @@ class JobStore:
             stamp = now()
             if state == RUNNING:
                 conn.execute("UPDATE jobs SET state = ?, start_time = ? WHERE id = ?", (state, stamp, job_id))
-            elif state in TERMINAL:
+            else:
                 conn.execute(
                     "UPDATE jobs SET state = ?, end_time = ?, error_code = ?, error_message = ? WHERE id = ?",
                     (state, stamp, error_code, error_message, job_id),
                 )
-            else:
-                conn.execute("UPDATE jobs SET state = ?, start_time = NULL WHERE id = ?", (state, job_id))
             payload: dict[str, Any] = {"state": state}
             if error_code:
                 payload["error"] = {"code": error_code, "message": error_message or ""}

@@ -57,12 +57,19 @@ class Events:
         self.emit("log", text=text)
 
 
-def fetch_split(address: str, dataset: str, split: int) -> list[list[dict[str, str]]]:
+def fetch_splits(address: str, dataset: str) -> dict[str, list[list[dict[str, str]]]]:
+    """The train, validation and test examples of ``dataset``, read over one channel."""
+    splits = {"train": data_pb.SPLIT_TRAIN, "validation": data_pb.SPLIT_VALIDATION, "test": data_pb.SPLIT_TEST}
     with grpc.insecure_channel(address) as channel:
         stub = data_grpc.DataServiceStub(channel)
         try:
-            responses = stub.ReadDataset(data_pb.ReadDatasetRequest(name=dataset, split=split), timeout=300)
-            return [[{"role": m.role, "content": m.content} for m in r.example.messages] for r in responses]
+            return {
+                name: [
+                    [{"role": m.role, "content": m.content} for m in r.example.messages]
+                    for r in stub.ReadDataset(data_pb.ReadDatasetRequest(name=dataset, split=split), timeout=300)
+                ]
+                for name, split in splits.items()
+            }
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise JobFailure("DATASET_NOT_FOUND", f"{dataset} no longer exists on the data service") from error
@@ -83,14 +90,7 @@ def run(job_dir: Path, events: Events) -> None:
 
     torch.manual_seed(hp.seed)
     events.log(f"reading {spec['dataset']} from the data service")
-    splits = {
-        name: fetch_split(spec["data_service"], spec["dataset"], number)
-        for name, number in (
-            ("train", data_pb.SPLIT_TRAIN),
-            ("validation", data_pb.SPLIT_VALIDATION),
-            ("test", data_pb.SPLIT_TEST),
-        )
-    }
+    splits = fetch_splits(spec["data_service"], spec["dataset"])
     events.log("examples: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
     try:
