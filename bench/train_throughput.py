@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
+from tunewright.contract import Hyperparameters
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL, load_model, load_tokenizer, resolve_base_model
 from tunewright.core.chat import tokenize_for_training
-from tunewright.core.methods import build_config
-from tunewright.core.plugins import load_methods
+from tunewright.methods import build_config
+from tunewright.plugin_manager import load_methods
 from tunewright.trainer import training
-from tunewright.trainer.jobspec import Hyperparameters
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ import pytest
 
 from tunewright import hookimpl, hookspecs
 from tunewright.core.errors import InvalidArgument
-from tunewright.core.methods import Capabilities, build_config, parameter_specs
-from tunewright.core.plugins import BLOCK_ENV, collect_methods, plugin_manager
+from tunewright.methods import Capabilities, build_config, parameter_specs
+from tunewright.plugin_manager import BLOCK_ENV, collect_methods, plugin_manager
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunewright.core.methods import Capabilities
+from tunewright.methods import Capabilities
 from tunewright.plugins.lora.config import LoraConfig
 from tunewright.plugins.peft_adapters import merge_adapter, save_adapter
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunewright.core.plugins import load_methods
 from tunewright.core.server import Server, create_server
+from tunewright.plugin_manager import load_methods
 from tunewright.serve.backend import EmbeddedBackend
 from tunewright.serve.export import Exporter
 from tunewright.serve.servicer import SERVICE_NAME, ServeServicer, register

@@ -27,9 +27,9 @@ from tunewright.core.errors import (
 )
 from tunewright.core.files import write_text_atomic
 from tunewright.core.ids import parse_name
-from tunewright.core.methods import Method
-from tunewright.core.plugins import get_method
 from tunewright.core.timeutil import now
+from tunewright.methods import Method
+from tunewright.plugin_manager import get_method
 from tunewright.serve.modelfile import modelfile_text, ollama_template
 from tunewright.serve.store import ModelRecord, ModelStore
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb

@@ -7,10 +7,10 @@ from pathlib import Path
 import grpc
 
 from tunewright.core.errors import Unavailable
-from tunewright.core.plugins import load_methods
 from tunewright.core.server import Server, create_server
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
+from tunewright.plugin_manager import load_methods
 from tunewright.trainer.runner import JobRunner
 from tunewright.trainer.service import Trainer
 from tunewright.trainer.servicer import SERVICE_NAME, register

@@ -8,11 +8,11 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from tunewright.contract import ARTIFACT, Hyperparameters
 from tunewright.core.basemodel import check_base_model
 from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from tunewright.core.methods import Method, build_config, config_to_dict
-from tunewright.core.plugins import get_method
-from tunewright.trainer.jobspec import ARTIFACT, Hyperparameters
+from tunewright.methods import Method, build_config, config_to_dict
+from tunewright.plugin_manager import get_method
 from tunewright.trainer.runner import JobRunner
 from tunewright.trainer.store import TERMINAL, Event, JobRecord, JobStore
 

@@ -9,8 +9,8 @@ import structlog
 
 from tunewright.core.files import sha256_file
 from tunewright.core.ids import parse_name
-from tunewright.core.methods import Method, default_json, parameter_specs
 from tunewright.core.timeutil import to_timestamp
+from tunewright.methods import Method, default_json, parameter_specs
 from tunewright.trainer.service import HYPERPARAMETER_NAMES, Trainer
 from tunewright.trainer.store import Event, JobRecord
 from tunewright.trainer.v1 import trainer_service_pb2 as pb

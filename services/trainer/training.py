@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from tunewright.contract import Hyperparameters
 from tunewright.core.chat import IGNORE_INDEX, TokenizedExample, end_of_turn_tokens, prompt_and_reference, render
-from tunewright.trainer.jobspec import Hyperparameters
 
 
 @dataclass

@@ -21,17 +21,17 @@ from typing import Any
 import grpc
 import structlog
 
+from tunewright.contract import ADAPTER, ARTIFACT, MANIFEST, PREDICTIONS, Hyperparameters
 from tunewright.core.basemodel import load_model, load_tokenizer, resolve_base_model
 from tunewright.core.chat import prompt_and_reference, tokenize_for_training
 from tunewright.core.errors import TunewrightError
 from tunewright.core.files import write_lines_atomic, write_text_atomic
 from tunewright.core.logging import configure_logging
-from tunewright.core.methods import build_config
-from tunewright.core.plugins import get_method, load_methods
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
+from tunewright.methods import build_config
+from tunewright.plugin_manager import get_method, load_methods
 from tunewright.trainer import training
-from tunewright.trainer.jobspec import ADAPTER, ARTIFACT, MANIFEST, PREDICTIONS, Hyperparameters
 
 log = structlog.get_logger(__name__)
 

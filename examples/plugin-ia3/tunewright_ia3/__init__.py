@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewright import hookimpl
-from tunewright.core.methods import Capabilities
+from tunewright.methods import Capabilities
 from tunewright.plugins.peft_adapters import merge_adapter, save_adapter
 
 

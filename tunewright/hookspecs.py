@@ -1,7 +1,7 @@
 """The hooks a tunewright plugin can implement.
 
 A plugin is a module or object with functions marked ``@tunewright.hookimpl``. Built-in
-methods are plugins too (``tunewright.core.plugins.DEFAULT_PLUGINS``); third-party packages
+methods are plugins too (``tunewright.plugin_manager.DEFAULT_PLUGINS``); third-party packages
 add theirs through the entry-point group ``tunewright``::
 
     [project.entry-points.tunewright]
@@ -18,7 +18,7 @@ import pluggy
 from tunewright import PROJECT_NAME
 
 if TYPE_CHECKING:
-    from tunewright.core.methods import Method
+    from tunewright.methods import Method
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -27,7 +27,7 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 def tunewright_register_methods(register: Callable[[Method], None]) -> None:
     """Register fine-tuning methods by calling ``register(method)`` once per method.
 
-    ``method`` follows the ``tunewright.core.methods.Method`` protocol: a unique ``name``,
+    ``method`` follows the ``tunewright.methods.Method`` protocol: a unique ``name``,
     a ``description``, a dataclass ``config_class`` whose fields are the method's
     parameters, its ``capabilities``, and the ``prepare``/``save``/``merge`` functions.
     """

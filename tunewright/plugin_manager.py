@@ -9,7 +9,7 @@ import pluggy
 
 from tunewright import PROJECT_NAME, hookspecs
 from tunewright.core.errors import FieldViolation, InvalidArgument
-from tunewright.core.methods import Method
+from tunewright.methods import Method
 
 # Built-in methods are ordinary plugins, loaded before third-party ones.
 DEFAULT_PLUGINS = ("tunewright.plugins.lora",)
@@ -37,7 +37,7 @@ def collect_methods(pm: pluggy.PluginManager) -> dict[str, Method]:
 
     def register(method: Method) -> None:
         if not isinstance(method, Method):
-            raise TypeError(f"{method!r} does not follow tunewright.core.methods.Method")
+            raise TypeError(f"{method!r} does not follow tunewright.methods.Method")
         if method.name in methods:
             raise ValueError(f"two plugins register a method named {method.name!r}")
         methods[method.name] = method
