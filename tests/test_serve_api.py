@@ -9,7 +9,9 @@ import grpc
 import pytest
 from safetensors import safe_open
 
-from conftest import run_job, ticket_lines
+from conftest import rich_error, run_job, ticket_lines
+from tunewright.core.basemodel import load_model
+from tunewright.plugins.lora.method import LoraMethod
 from tunewright.serve.v1 import serve_service_pb2 as pb
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 
@@ -41,6 +43,10 @@ def test_export_writes_merged_safetensors_tokenizer_and_modelfile(services, expo
     modelfile = (folder / "Modelfile").read_text()
     assert modelfile == exported.modelfile
     assert modelfile.startswith("FROM .\n") and "TEMPLATE" in modelfile
+    assert exported.format == "merged"
+    # The merged model was checked against the trained one before it was stored.
+    assert exported.verification.tolerance == pytest.approx(1e-4)
+    assert 0 <= exported.verification.max_kl_divergence <= exported.verification.tolerance
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
     assert 'SYSTEM """You are a tiny test model."""' in modelfile
     again = services.client.serve.ExportModel(pb.ExportModelRequest(request_id="export-1", job=trained_job)).model
@@ -99,3 +105,32 @@ def test_serve_errors(services, exported):
     with pytest.raises(grpc.RpcError) as caught:
         serve.ExportModel(pb.ExportModelRequest(job=exported.job, model_id="Bad Name!"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as caught:
+        serve.ExportModel(pb.ExportModelRequest(job=exported.job, model_id="other", format="onnx"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rich_error(caught.value) == ("UNKNOWN_EXPORT_FORMAT", [("format", "not one of: merged, attached")])
+
+
+def test_an_adapter_can_also_be_served_attached(services, trained_job):
+    """The same LoRA job, not merged: the serve service attaches the adapter to the base
+    when it answers, and the result is checked against the trained model first."""
+    serve = services.client.serve
+    model = serve.ExportModel(pb.ExportModelRequest(job=trained_job, model_id="attached", format="attached")).model
+    assert model.format == "attached" and not model.modelfile
+    assert {f.path for f in model.files} >= {"manifest.json", "adapter/adapter_model.safetensors"}
+    assert model.verification.max_kl_divergence <= model.verification.tolerance
+    text, finish = services.client.chat_text(model.name, [{"role": "user", "content": "hi"}], max_new_tokens=4)
+    assert finish != pb.FINISH_REASON_UNSPECIFIED
+
+
+def test_a_broken_export_is_refused_and_nothing_is_stored(services, trained_job, monkeypatch):
+    """If a merge does not reproduce the trained model (here: the adapter left out), the
+    export fails FAILED_PRECONDITION and no model is recorded."""
+    monkeypatch.setattr(LoraMethod, "merge", lambda self, folder, config, directory: load_model(folder))
+    serve = services.client.serve
+    before = [m.name for m in serve.ListModels(pb.ListModelsRequest(page_size=1000)).models]
+    with pytest.raises(grpc.RpcError) as caught:
+        serve.ExportModel(pb.ExportModelRequest(job=trained_job, model_id="broken"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rich_error(caught.value)[0] == "EXPORT_MISMATCH" and "KL" in caught.value.details()
+    assert [m.name for m in serve.ListModels(pb.ListModelsRequest(page_size=1000)).models] == before

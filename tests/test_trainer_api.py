@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 
@@ -37,12 +39,29 @@ def watch(services, name) -> list[pb.WatchJobResponse]:
     return list(services.client.trainer.WatchJob(pb.WatchJobRequest(name=name), timeout=600))
 
 
-def test_list_methods_describes_lora(services):
+def test_list_methods_describes_every_method_with_capabilities_and_parameters(services):
     methods = {m.name: m for m in services.client.trainer.ListMethods(pb.ListMethodsRequest()).methods}
+    assert set(methods) == {"lora", "qlora", "unsloth", "prefix", "full"}
     lora = methods["lora"]
-    assert lora.description and lora.capabilities.mergeable
+    assert lora.description and lora.capabilities.mergeable and lora.default_learning_rate == pytest.approx(1e-3)
     params = {p.name: p for p in lora.parameters}
     assert params["r"].type == pb.PARAMETER_TYPE_INT and params["r"].default_json == "16"
+    assert params["target_modules"].default_json == '["all-linear"]'
+    kinds = {name: m.capabilities.artifact_kind for name, m in methods.items()}
+    assert kinds == {
+        "lora": pb.ARTIFACT_KIND_ADAPTER,
+        "qlora": pb.ARTIFACT_KIND_ADAPTER,
+        "unsloth": pb.ARTIFACT_KIND_ADAPTER,
+        "prefix": pb.ARTIFACT_KIND_PROMPT,
+        "full": pb.ARTIFACT_KIND_FULL,
+    }
+    prefix = methods["prefix"].capabilities
+    assert not prefix.mergeable and not prefix.exportable and prefix.not_exportable_reason
+    qlora = methods["qlora"]
+    assert qlora.capabilities.quantized_base and list(qlora.capabilities.required_packages) == ["peft", "bitsandbytes"]
+    assert list({p.name: p for p in qlora.parameters}["quant_type"].choices) == ["nf4", "fp4"]
+    assert "unsloth" in methods["unsloth"].capabilities.required_packages
+    assert all(p.description for m in methods.values() for p in m.parameters)
 
 
 def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model, dataset):
@@ -78,9 +97,16 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
     assert {
         "manifest.json",
         "eval_predictions.jsonl",
+        "probe.safetensors",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
     } <= set(files)
+    manifest = json.loads(files["manifest.json"])
+    assert (
+        manifest["format_version"] == 1 and manifest["artifact_kind"] == "adapter" and manifest["trained"] == "adapter"
+    )
+    assert manifest["method"] == "lora" and manifest["method_parameters"]["r"] == 4
+    assert manifest["probe"] == {"file": "probe.safetensors", "compute_dtype": "float32", "tolerance": 1e-4}
 
 
 def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model, dataset):
@@ -97,6 +123,17 @@ def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model
             "method_parameters.r",
         ),
         (dict(method="nope"), grpc.StatusCode.INVALID_ARGUMENT, "method"),
+        (dict(params={"r": pb.ParameterValue(int_value=0)}), grpc.StatusCode.INVALID_ARGUMENT, "method_parameters.r"),
+        (
+            dict(method="prefix", params={"num_virtual_tokens": pb.ParameterValue(int_value=0)}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "method_parameters.num_virtual_tokens",
+        ),
+        (
+            dict(method="qlora", params={"quant_type": pb.ParameterValue(string_value="int3")}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "method_parameters.quant_type",
+        ),
         (dict(epochs=0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.epochs"),
         (dict(learning_rate=5.0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.learning_rate"),
         (dict(dataset="datasets/missing"), grpc.StatusCode.NOT_FOUND, "dataset"),

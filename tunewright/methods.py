@@ -1,154 +1,128 @@
-"""What a fine-tuning method is, and how its parameters are described and checked.
+"""What a fine-tuning method is: the protocol every method plugin follows.
 
-A method turns a base model into something trainable (``prepare``), writes what was
-trained (``save``) and, if it can, merges that back into a base model (``merge``). The
-training loop, data and evaluation belong to the trainer, not to the method.
+A method decides everything that differs between ways of fine-tuning: how the base model
+is loaded (plainly, 4-bit, through Unsloth's loader), what becomes trainable, what is saved
+and in which form, how a saved result is loaded back, and how it is folded into plain
+weights. The trainer owns the rest and does it the same way for every method: data,
+batching, the optimizer and schedule, progress, evaluation, publishing the artifact.
+
+Where each function runs:
+
+- ``load_base``, ``prepare`` and ``save`` run only in a job's worker process. A method
+  whose library patches others when imported (Unsloth) imports it there and nowhere else.
+- ``load_trained`` runs in the worker (``trainable=True``, to resume) and in the serve
+  service (``trainable=False``, to answer with a result that cannot be merged).
+- ``merge`` runs in the serve service. Neither may import a library that patches others.
+
+``docs/architecture.md`` ("Writing a method") walks through a complete plugin.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from tunewright.core.errors import FieldViolation, InvalidArgument
+from tunewright.contract import ArtifactKind
+from tunewright.parameters import ParameterError
+
+__all__ = ["ArtifactKind", "Capabilities", "Method", "ParameterError", "Runtime", "detect_runtime"]
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """Lets the services refuse impossible requests before any work starts."""
+    """What a method can and cannot do, so the services refuse impossible requests before
+    any work starts."""
 
+    # What ``save`` writes: decides whether serve merges it, loads it as weights, or
+    # attaches it to the base when answering.
+    artifact_kind: ArtifactKind
+    # ``merge`` folds the result into plain full-precision weights of the base's shape.
     mergeable: bool
+    # The merged model can be exported for Ollama and llama.cpp.
     exportable: bool
+    # Says why not, in words a user can act on, when ``exportable`` is false.
+    not_exportable_reason: str = ""
+    # Needs a CUDA GPU; CreateJob refuses the method on a trainer without one.
     requires_gpu: bool = False
+    # Trains against a quantized copy of the base; merging dequantizes that copy first.
+    quantized_base: bool = False
+    # Import names that must be installed where the method runs; CreateJob checks them
+    # without importing them.
+    required_packages: tuple[str, ...] = field(default_factory=tuple)
+    # Libraries that patch others when imported and so must come first: the worker imports
+    # them before anything else, and no server process ever imports them.
+    import_first: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.exportable and not self.mergeable:
+            raise ValueError("a method that cannot merge cannot be exported: exportable needs mergeable")
+        if not self.exportable and not self.not_exportable_reason:
+            raise ValueError("a method that cannot be exported must say why in not_exportable_reason")
+        if self.artifact_kind is ArtifactKind.PROMPT and self.mergeable:
+            raise ValueError("a prompt or prefix is not weights: it cannot be merged")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a model runs, so a method can choose its loading and precision."""
+
+    device: str  # "cpu" or "cuda"
+    # The device does bfloat16 arithmetic natively (AVX512-BF16 or AMX on a CPU, Ampere
+    # or newer on CUDA), so bfloat16 compute is faster rather than emulated.
+    bf16: bool
+
+    @property
+    def compute_dtype(self) -> Any:
+        """torch.bfloat16 where the device has it, else torch.float32."""
+        import torch
+
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+
+@cache
+def detect_runtime() -> Runtime:
+    import torch
+
+    if torch.cuda.is_available():
+        return Runtime("cuda", torch.cuda.is_bf16_supported())
+    return Runtime("cpu", _cpu_has_bf16())
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 @runtime_checkable
 class Method(Protocol):
     name: str
     description: str
+    # A dataclass; its fields (int, float, bool, str or list of str, help text in
+    # ``metadata["help"]``) are the method's parameters in ListMethods. ``__post_init__``
+    # refuses bad values by raising ``ParameterError(field, why)``.
     config_class: type
     capabilities: Capabilities
     default_learning_rate: float
+
+    def load_base(self, folder: Path, config: Any, runtime: Runtime) -> Any:
+        """The base model in ``folder`` (config.json, safetensors), loaded to be trained."""
 
     def prepare(self, model: Any, config: Any) -> Any:
         """Returns the model to train; only its parameters with requires_grad are optimized."""
 
     def save(self, model: Any, config: Any, directory: Path) -> None:
-        """Writes the trained result into ``directory``."""
+        """Writes what was trained into ``directory``, as ``capabilities.artifact_kind`` says."""
 
-    def merge(self, base_model: Any, directory: Path) -> Any:
-        """Returns ``base_model`` with the result saved in ``directory`` merged in."""
+    def load_trained(self, folder: Path, config: Any, directory: Path, runtime: Runtime, trainable: bool) -> Any:
+        """The base in ``folder`` with what ``save`` wrote to ``directory``: trainable to resume
+        a job, or for inference, where ``model(input_ids=..., past_key_values=..., use_cache=True)``
+        must continue a sequence token by token as a transformers causal LM does."""
 
-
-# Parameter types as the API names them (trainer_service.proto ParameterType).
-INT, FLOAT, BOOL, STRING, STRING_LIST = "int", "float", "bool", "string", "string_list"
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    name: str
-    type: str
-    description: str
-    default: Any
-
-
-def _kind(annotation: Any) -> str:
-    if annotation in (int, "int"):
-        return INT
-    if annotation in (float, "float"):
-        return FLOAT
-    if annotation in (bool, "bool"):
-        return BOOL
-    if annotation in (str, "str"):
-        return STRING
-    if typing.get_origin(annotation) in (list, tuple) or str(annotation).startswith(("list", "tuple")):
-        return STRING_LIST
-    raise TypeError(f"unsupported parameter type {annotation!r}")
-
-
-def parameter_specs(config_class: type) -> list[ParameterSpec]:
-    """The parameters of a method, read from its config dataclass (help text in field metadata)."""
-    hints = typing.get_type_hints(config_class)
-    specs = []
-    for f in dataclasses.fields(config_class):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        specs.append(ParameterSpec(f.name, _kind(hints[f.name]), f.metadata.get("help", ""), default))
-    return specs
-
-
-def default_json(spec: ParameterSpec) -> str:
-    value = list(spec.default) if isinstance(spec.default, tuple) else spec.default
-    return json.dumps(value)
-
-
-def build_config(method: Method, values: dict[str, Any], field_prefix: str = "method_parameters") -> Any:
-    """The method's config from user values (already plain Python), refusing unknown names,
-    wrong types and values the config rejects, each violation naming its field."""
-    specs = {spec.name: spec for spec in parameter_specs(method.config_class)}
-    violations = []
-    kwargs = {}
-    for name, value in values.items():
-        field = f"{field_prefix}.{name}"
-        spec = specs.get(name)
-        if spec is None:
-            accepted = ", ".join(sorted(specs)) or "none"
-            violations.append(
-                FieldViolation(field, f"method {method.name!r} has no parameter {name!r}; it accepts: {accepted}")
-            )
-            continue
-        try:
-            kwargs[name] = _coerce(spec, value)
-        except (TypeError, ValueError) as error:
-            violations.append(FieldViolation(field, str(error)))
-    if violations:
-        raise InvalidArgument(
-            f"method {method.name!r} refused {len(violations)} parameter(s): "
-            + "; ".join(f"{v.field}: {v.description}" for v in violations),
-            reason="INVALID_METHOD_PARAMETER",
-            violations=violations,
-        )
-    try:
-        return method.config_class(**kwargs)
-    except (TypeError, ValueError) as error:
-        raise InvalidArgument(
-            f"method {method.name!r}: {error}",
-            reason="INVALID_METHOD_PARAMETER",
-            violations=[FieldViolation(field_prefix, str(error))],
-        ) from error
-
-
-def _coerce(spec: ParameterSpec, value: Any) -> Any:
-    if spec.type == INT:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expects an integer (int_value), got {value!r}")
-        return value
-    if spec.type == FLOAT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"expects a number (double_value or int_value), got {value!r}")
-        return float(value)
-    if spec.type == BOOL:
-        if not isinstance(value, bool):
-            raise TypeError(f"expects true or false (bool_value), got {value!r}")
-        return value
-    if spec.type == STRING:
-        if not isinstance(value, str):
-            raise TypeError(f"expects text (string_value), got {value!r}")
-        return value
-    if isinstance(value, str):  # "a,b" is accepted as a convenience
-        value = [part.strip() for part in value.split(",") if part.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"expects a list of names (string_list_value), got {value!r}")
-    return value
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    def merge(self, folder: Path, config: Any, directory: Path) -> Any:
+        """A plain transformers model, in full precision, with the result in ``directory``
+        folded into the base in ``folder``. Only called when ``capabilities.mergeable``."""

@@ -12,7 +12,13 @@ from tunewright.core.errors import FieldViolation, InvalidArgument
 from tunewright.methods import Method
 
 # Built-in methods are ordinary plugins, loaded before third-party ones.
-DEFAULT_PLUGINS = ("tunewright.plugins.lora",)
+DEFAULT_PLUGINS = (
+    "tunewright.plugins.lora",
+    "tunewright.plugins.qlora",
+    "tunewright.plugins.unsloth",
+    "tunewright.plugins.prefix",
+    "tunewright.plugins.full",
+)
 
 # Comma-separated plugin names (module names, or entry-point names) not to load.
 BLOCK_ENV = "TUNEWRIGHT_BLOCK_PLUGINS"

@@ -1,40 +1,59 @@
-"""LoRA through peft: low-rank updates on the chosen linear layers, merged for export."""
+"""LoRA through peft: low-rank updates on the chosen linear layers of a float32 base,
+merged into the base for export."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from tunewright.methods import Capabilities
+from tunewright.core.basemodel import load_model
+from tunewright.methods import ArtifactKind, Capabilities, Runtime
 from tunewright.plugins.lora.config import LoraConfig
-from tunewright.plugins.peft_adapters import merge_adapter, save_adapter
+from tunewright.plugins.peft_adapters import (
+    check_target_modules,
+    load_adapter,
+    merge_adapter,
+    peft_targets,
+    save_adapter,
+)
+
+
+def peft_lora_config(config: LoraConfig) -> Any:
+    """The peft config for ``config``; qlora uses it too."""
+    import peft
+
+    return peft.LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=peft_targets(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 class LoraMethod:
     name = "lora"
     description = "LoRA (peft): trains low-rank updates of the linear layers; merges into the base for export."
     config_class = LoraConfig
-    capabilities = Capabilities(mergeable=True, exportable=True, requires_gpu=False)
+    capabilities = Capabilities(
+        artifact_kind=ArtifactKind.ADAPTER, mergeable=True, exportable=True, required_packages=("peft",)
+    )
     default_learning_rate = 1e-3
+
+    def load_base(self, folder: Path, config: LoraConfig, runtime: Runtime) -> Any:
+        return load_model(folder).to(runtime.device)
 
     def prepare(self, model: Any, config: LoraConfig) -> Any:
         import peft
 
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [m for m in config.target_modules if m not in present]
-        if missing:
-            raise ValueError(f"target_modules {missing} are not layers of this model")
-        peft_config = peft.LoraConfig(
-            r=config.r,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            target_modules=list(config.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        return peft.get_peft_model(model, peft_config)
+        check_target_modules(model, config.target_modules)
+        return peft.get_peft_model(model, peft_lora_config(config))
 
     def save(self, model: Any, config: LoraConfig, directory: Path) -> None:
         save_adapter(model, directory)
 
-    def merge(self, base_model: Any, directory: Path) -> Any:
-        return merge_adapter(base_model, directory)
+    def load_trained(self, folder: Path, config: LoraConfig, directory: Path, runtime: Runtime, trainable: bool) -> Any:
+        return load_adapter(self.load_base(folder, config, runtime), directory, trainable)
+
+    def merge(self, folder: Path, config: LoraConfig, directory: Path) -> Any:
+        return merge_adapter(load_model(folder), directory)

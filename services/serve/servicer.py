@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import grpc
 
 from tunewright.core.errors import FieldViolation, InvalidArgument
@@ -30,6 +28,12 @@ def model_pb(record: ModelRecord) -> pb.Model:
         files=[pb.ModelFile(path=p, size_bytes=s) for p, s in record.files],
         modelfile=record.modelfile,
         create_time=to_timestamp(record.create_time),
+        format=record.format,
+        verification=(
+            pb.Verification(max_kl_divergence=record.max_divergence, tolerance=record.tolerance)
+            if record.max_divergence is not None
+            else None
+        ),
     )
 
 
@@ -58,11 +62,11 @@ class ServeServicer(pb_grpc.ServeServiceServicer):
         self.exporter = exporter
         self.backend = backend
 
-    def _directory(self, name: str) -> Path:
-        return Path(self.store.get(parse_name(name, "models", field="model")).directory)
+    def _record(self, name: str) -> ModelRecord:
+        return self.store.get(parse_name(name, "models", field="model"))
 
     def ExportModel(self, request, context):
-        record = self.exporter.export(request.request_id, request.job, request.model_id)
+        record = self.exporter.export(request.request_id, request.job, request.model_id, request.format)
         return pb.ExportModelResponse(model=model_pb(record))
 
     def ListModels(self, request, context):
@@ -70,18 +74,18 @@ class ServeServicer(pb_grpc.ServeServiceServicer):
         return pb.ListModelsResponse(models=[model_pb(r) for r in records], next_page_token=token)
 
     def Generate(self, request, context):
-        directory = self._directory(request.model)
+        record = self._record(request.model)
         if not request.prompt:
             raise InvalidArgument(
                 "prompt is empty", reason="EMPTY_PROMPT", violations=[FieldViolation("prompt", "required")]
             )
-        for piece in self.backend.generate(directory, request.prompt, options_from_pb(request.options)):
+        for piece in self.backend.generate(record, request.prompt, options_from_pb(request.options)):
             yield pb.GenerateResponse(
                 text=piece.text, finish_reason=_FINISH[piece.finish_reason], token_count=piece.token_count
             )
 
     def Chat(self, request, context):
-        directory = self._directory(request.model)
+        record = self._record(request.model)
         violations = [
             FieldViolation(f"messages[{i}].role", f"{m.role!r} is not one of {', '.join(ROLES)}")
             for i, m in enumerate(request.messages)
@@ -96,7 +100,7 @@ class ServeServicer(pb_grpc.ServeServiceServicer):
                 violations=violations,
             )
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        for piece in self.backend.chat(directory, messages, options_from_pb(request.options)):
+        for piece in self.backend.chat(record, messages, options_from_pb(request.options)):
             yield pb.ChatResponse(
                 text=piece.text, finish_reason=_FINISH[piece.finish_reason], token_count=piece.token_count
             )

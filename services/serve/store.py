@@ -1,9 +1,14 @@
-"""Exported models: records in SQLite, files under ``<root>/models/{id}/``."""
+"""Exported models: records in SQLite, files under ``<root>/models/{id}/``.
+
+A model is "merged" (one self-contained folder) or "attached" (the folder holds what was
+trained; the base model and the method named in the record rebuild it when serving).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from tunewright.core.db import Database
 from tunewright.core.errors import AlreadyExists, FieldViolation, NotFound
@@ -24,6 +29,20 @@ CREATE TABLE IF NOT EXISTS models (
 );
 """
 
+MIGRATIONS = (
+    # 1: the export format, what an attached model needs to be rebuilt, and the check of
+    # the export against the trained model. Models from before were all merged, unchecked.
+    """
+    ALTER TABLE models ADD COLUMN format TEXT NOT NULL DEFAULT 'merged';
+    ALTER TABLE models ADD COLUMN method_parameters TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE models ADD COLUMN max_divergence REAL;
+    ALTER TABLE models ADD COLUMN tolerance REAL
+    """,
+)
+
+MERGED, ATTACHED = "merged", "attached"
+FORMATS = (MERGED, ATTACHED)
+
 
 @dataclass(frozen=True)
 class ModelRecord:
@@ -35,24 +54,34 @@ class ModelRecord:
     files: list[tuple[str, int]]
     modelfile: str
     create_time: str
+    format: str = MERGED
+    method_parameters: dict[str, Any] = field(default_factory=dict)
+    # Largest KL divergence (nats) from the trained model on the probe, and the
+    # tolerance it was held to; None for models exported before the check existed.
+    max_divergence: float | None = None
+    tolerance: float | None = None
 
 
 def _model(row) -> ModelRecord:
     return ModelRecord(
-        row["id"],
-        row["job"],
-        row["base_model"],
-        row["method"],
-        row["directory"],
-        [tuple(f) for f in json.loads(row["files"])],
-        row["modelfile"],
-        row["create_time"],
+        id=row["id"],
+        job=row["job"],
+        base_model=row["base_model"],
+        method=row["method"],
+        directory=row["directory"],
+        files=[tuple(f) for f in json.loads(row["files"])],
+        modelfile=row["modelfile"],
+        create_time=row["create_time"],
+        format=row["format"],
+        method_parameters=json.loads(row["method_parameters"]),
+        max_divergence=row["max_divergence"],
+        tolerance=row["tolerance"],
     )
 
 
 class ModelStore:
     def __init__(self, path) -> None:
-        self.db = Database(path, SCHEMA)
+        self.db = Database(path, SCHEMA, MIGRATIONS)
 
     def by_request(self, request_id: str) -> ModelRecord | None:
         if not request_id:
@@ -73,7 +102,9 @@ class ModelStore:
                 )
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM models").fetchone()[0]
             conn.execute(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO models (id, seq, job, base_model, method, directory, files, modelfile, request_id,"
+                " create_time, format, method_parameters, max_divergence, tolerance)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     seq,
@@ -85,6 +116,10 @@ class ModelStore:
                     record.modelfile,
                     request_id or None,
                     record.create_time,
+                    record.format,
+                    json.dumps(record.method_parameters),
+                    record.max_divergence,
+                    record.tolerance,
                 ),
             )
 

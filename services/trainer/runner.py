@@ -7,7 +7,6 @@ worker said and how it exited.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,9 +14,12 @@ import sys
 import threading
 from pathlib import Path
 
+import msgspec
 import structlog
 
-from tunewright.core.files import write_text_atomic
+from tunewright import contract
+from tunewright.contract import JOB_SPEC, WORKER_LOG, Done, Failed, Hyperparameters, JobSpec
+from tunewright.core.files import write_bytes_atomic
 from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = structlog.get_logger(__name__)
@@ -99,52 +101,49 @@ class JobRunner:
         bound = log.bind(job_id=job.id)
         job_dir = self.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            job_dir / "job.json",
-            json.dumps(
-                {
-                    "job_id": job.id,
-                    "base_model": job.base_model,
-                    "dataset": job.dataset,
-                    "method": job.method,
-                    "method_parameters": job.method_parameters,
-                    "hyperparameters": job.hyperparameters,
-                    "data_service": self.data_service,
-                    "model_cache": str(self.model_cache),
-                },
-                indent=2,
-            ),
+        spec = JobSpec(
+            job_id=job.id,
+            base_model=job.base_model,
+            dataset=job.dataset,
+            method=job.method,
+            method_parameters=job.method_parameters,
+            hyperparameters=msgspec.convert(job.hyperparameters, Hyperparameters),
+            data_service=self.data_service,
+            model_cache=str(self.model_cache),
         )
+        write_bytes_atomic(job_dir / JOB_SPEC, contract.to_json(spec))
         read_fd, write_fd = os.pipe()
-        with open(job_dir / "worker.log", "ab") as worker_log:
+        # Nothing is fetched from a model hub at run time.
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+        with open(job_dir / WORKER_LOG, "ab") as worker_log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "tunewright.trainer.worker", str(job_dir), "--events-fd", str(write_fd)],
                 pass_fds=(write_fd,),
                 stdin=subprocess.DEVNULL,
                 stdout=worker_log,
                 stderr=worker_log,
+                env=env,
                 start_new_session=True,
             )
         os.close(write_fd)
         with self._lock:
             self._current = (job.id, process)
         bound.info("worker started", pid=process.pid)
-        error: dict | None = None
+        error: Failed | None = None
         done = False
-        with os.fdopen(read_fd, encoding="utf-8") as events:
+        with os.fdopen(read_fd, "rb") as events:
             for line in events:
                 try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    bound.warning("unreadable worker event", line=line[:200])
+                    event = contract.decode_event(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as problem:
+                    bound.warning("unreadable worker event", line=line[:200], problem=str(problem))
                     continue
-                kind = event.pop("kind", "")
-                if kind == "error":
+                if isinstance(event, Failed):
                     error = event
-                elif kind == "done":
+                elif isinstance(event, Done):
                     done = True
-                elif kind in ("progress", "evaluation", "log"):
-                    self.store.record(job.id, kind, event)
+                else:
+                    self.store.record(job.id, contract.event_kind(event), contract.event_payload(event))
         code = process.wait()
         with self._lock:
             self._current = None
@@ -160,7 +159,7 @@ class JobRunner:
         elif code == 0 and done:
             self.store.set_state(job.id, SUCCEEDED)
         elif error is not None:
-            self.store.set_state(job.id, FAILED, error.get("code", "WORKER_ERROR"), error.get("message", ""))
+            self.store.set_state(job.id, FAILED, error.code, error.message)
         else:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if code == -signal.SIGKILL:
@@ -169,5 +168,5 @@ class JobRunner:
                 job.id,
                 FAILED,
                 "WORKER_CRASHED",
-                f"the worker {how} without reporting an error; see {job_dir / 'worker.log'}",
+                f"the worker {how} without reporting an error; see {job_dir / WORKER_LOG}",
             )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from tunewright import contract
 from tunewright.contract import ARTIFACT, Hyperparameters
 from tunewright.core.basemodel import check_base_model
 from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from tunewright.methods import Method, build_config, config_to_dict
+from tunewright.methods import Method
+from tunewright.parameters import build_config, config_to_dict
 from tunewright.plugin_manager import get_method
 from tunewright.trainer.runner import JobRunner
 from tunewright.trainer.store import TERMINAL, Event, JobRecord, JobStore
@@ -48,6 +52,29 @@ def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparam
     return Hyperparameters(**values)
 
 
+def check_method_can_run(method: Method) -> None:
+    """Refuses a method this trainer cannot run, before anything is queued: a library it
+    needs is not installed, or it needs a GPU and there is none. Checks without importing."""
+    missing = [name for name in method.capabilities.required_packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise FailedPrecondition(
+            f"method {method.name!r} needs {', '.join(missing)}, which the trainer host does not have; "
+            "install them (make install does) and restart the trainer",
+            reason="METHOD_DEPENDENCY_MISSING",
+            violations=[FieldViolation("method", f"needs {', '.join(missing)}")],
+        )
+    if method.capabilities.requires_gpu and not _has_cuda():
+        raise FailedPrecondition(
+            f"method {method.name!r} needs a CUDA GPU and the trainer has none", reason="GPU_REQUIRED"
+        )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class Trainer:
     def __init__(
         self, store: JobStore, runner: JobRunner, methods: dict[str, Method], dataset_exists: Callable[[str], bool]
@@ -72,20 +99,16 @@ class Trainer:
         config = build_config(method, method_parameters)
         hp = resolve_hyperparameters(hyperparameters, method)
         check_base_model(base_model)
-        if method.capabilities.requires_gpu:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise FailedPrecondition(
-                    f"method {method.name!r} needs a CUDA GPU and the trainer has none", reason="GPU_REQUIRED"
-                )
+        check_method_can_run(method)
         if not dataset.startswith("datasets/") or not self.dataset_exists(dataset):
             raise NotFound(
                 f"{dataset!r} does not exist on the data service; create it with CreateDataset",
                 reason="DATASET_NOT_FOUND",
                 violations=[FieldViolation("dataset", "no such dataset")],
             )
-        job, _ = self.store.create(request_id, base_model, dataset, method.name, config_to_dict(config), asdict(hp))
+        job, _ = self.store.create(
+            request_id, base_model, dataset, method.name, config_to_dict(config), contract.to_builtins(hp)
+        )
         return job
 
     def cancel_job(self, job_id: str) -> JobRecord:
@@ -141,4 +164,4 @@ class Trainer:
         return files
 
 
-HYPERPARAMETER_NAMES = [f.name for f in fields(Hyperparameters)]
+HYPERPARAMETER_NAMES = [f.name for f in msgspec.structs.fields(Hyperparameters)]

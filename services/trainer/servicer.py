@@ -7,10 +7,12 @@ from typing import Any
 import grpc
 import structlog
 
+from tunewright.contract import ArtifactKind
 from tunewright.core.files import sha256_file
 from tunewright.core.ids import parse_name
 from tunewright.core.timeutil import to_timestamp
-from tunewright.methods import Method, default_json, parameter_specs
+from tunewright.methods import Method
+from tunewright.parameters import default_json, parameter_specs
 from tunewright.trainer.service import HYPERPARAMETER_NAMES, Trainer
 from tunewright.trainer.store import Event, JobRecord
 from tunewright.trainer.v1 import trainer_service_pb2 as pb
@@ -42,18 +44,38 @@ def job_id_of(name: str) -> str:
     return job_id
 
 
+_KINDS = {
+    ArtifactKind.ADAPTER: pb.ARTIFACT_KIND_ADAPTER,
+    ArtifactKind.FULL: pb.ARTIFACT_KIND_FULL,
+    ArtifactKind.PROMPT: pb.ARTIFACT_KIND_PROMPT,
+}
+
+
 def method_pb(method: Method) -> pb.Method:
     caps = method.capabilities
     return pb.Method(
         name=method.name,
         description=method.description,
         parameters=[
-            pb.ParameterSpec(name=s.name, type=_TYPES[s.type], description=s.description, default_json=default_json(s))
+            pb.ParameterSpec(
+                name=s.name,
+                type=_TYPES[s.type],
+                description=s.description,
+                default_json=default_json(s),
+                choices=s.choices,
+            )
             for s in parameter_specs(method.config_class)
         ],
         capabilities=pb.MethodCapabilities(
-            mergeable=caps.mergeable, exportable=caps.exportable, requires_gpu=caps.requires_gpu
+            mergeable=caps.mergeable,
+            exportable=caps.exportable,
+            requires_gpu=caps.requires_gpu,
+            artifact_kind=_KINDS[caps.artifact_kind],
+            quantized_base=caps.quantized_base,
+            required_packages=caps.required_packages,
+            not_exportable_reason=caps.not_exportable_reason,
         ),
+        default_learning_rate=method.default_learning_rate,
     )
 
 

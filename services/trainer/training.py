@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import math
 import random
+import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from tunewright.contract import Hyperparameters
+from tunewright.contract import Hyperparameters, Progress
 from tunewright.core.chat import IGNORE_INDEX, TokenizedExample, end_of_turn_tokens, prompt_and_reference, render
 
 
-@dataclass
-class Progress:
-    step: int
-    total_steps: int
-    epoch: float
-    loss: float
-    learning_rate: float
-    tokens_per_second: float
+def peak_memory_bytes(device: torch.device) -> int:
+    """The worker's peak memory so far: PyTorch's allocations on a GPU, else the process's
+    peak resident memory (Linux reports it in KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def collate(batch: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+def device_of(model: Any) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+def collate(batch: list[TokenizedExample], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     width = max(len(example.input_ids) for example in batch)
     ids, labels, mask = [], [], []
     for example in batch:
@@ -37,7 +39,11 @@ def collate(batch: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tenso
         ids.append(example.input_ids + [pad_id] * pad)
         labels.append(example.labels + [IGNORE_INDEX] * pad)
         mask.append([1] * len(example.input_ids) + [0] * pad)
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+    return {
+        "input_ids": torch.tensor(ids, device=device),
+        "labels": torch.tensor(labels, device=device),
+        "attention_mask": torch.tensor(mask, device=device),
+    }
 
 
 def total_steps(n_examples: int, hp: Hyperparameters) -> int:
@@ -69,6 +75,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, steps))
     batches_per_epoch = math.ceil(len(examples) / hp.batch_size)
     rng = random.Random(hp.seed)
+    device = device_of(model)
     model.train()
     step = 0
     for epoch in range(hp.epochs):
@@ -78,7 +85,7 @@ def train(
             if step >= steps:
                 return
             started = time.perf_counter()
-            batch = collate([examples[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]], pad_id)
+            batch = collate([examples[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]], pad_id, device)
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -93,9 +100,10 @@ def train(
                     step=step,
                     total_steps=steps,
                     epoch=epoch + (b + 1) / batches_per_epoch,
-                    loss=float(loss),
+                    loss=float(loss.detach()),
                     learning_rate=learning_rate,
                     tokens_per_second=tokens / (time.perf_counter() - started),
+                    peak_memory_bytes=peak_memory_bytes(device),
                 )
             )
 
@@ -104,10 +112,11 @@ def train(
 def mean_loss(model: Any, examples: list[TokenizedExample], pad_id: int, batch_size: int = 16) -> float:
     """Mean cross-entropy per trained token, in nats."""
     model.eval()
+    device = device_of(model)
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        batch = collate(examples[i : i + batch_size], pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        batch = collate(examples[i : i + batch_size], pad_id, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
@@ -133,7 +142,9 @@ def generate_answers(
                 render(tokenizer, prompt_and_reference(c)[0], generation_prompt=True)
                 for c in conversations[i : i + batch_size]
             ]
-            encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                device_of(model)
+            )
             output = model.generate(
                 **encoded,
                 max_new_tokens=max_new_tokens,

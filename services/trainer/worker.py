@@ -9,29 +9,49 @@ stderr, which the trainer keeps as ``JOB_DIR/worker.log``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import grpc
+import msgspec
 import structlog
 
-from tunewright.contract import ADAPTER, ARTIFACT, MANIFEST, PREDICTIONS, Hyperparameters
-from tunewright.core.basemodel import load_model, load_tokenizer, resolve_base_model
+from tunewright import contract
+from tunewright.contract import (
+    ARTIFACT,
+    FORMAT_VERSION,
+    JOB_SPEC,
+    MANIFEST,
+    PREDICTIONS,
+    PROBE,
+    WORKER_LOG,
+    Done,
+    Evaluation,
+    Failed,
+    JobSpec,
+    Log,
+    Manifest,
+    Probe,
+    Progress,
+    Score,
+    WorkerEvent,
+)
+from tunewright.core.basemodel import load_tokenizer, resolve_base_model
 from tunewright.core.chat import prompt_and_reference, tokenize_for_training
 from tunewright.core.errors import TunewrightError
-from tunewright.core.files import write_lines_atomic, write_text_atomic
+from tunewright.core.files import write_bytes_atomic, write_lines_atomic
 from tunewright.core.logging import configure_logging
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
-from tunewright.methods import build_config
+from tunewright.methods import Method, detect_runtime
+from tunewright.parameters import build_config
 from tunewright.plugin_manager import get_method, load_methods
-from tunewright.trainer import training
 
 log = structlog.get_logger(__name__)
 
@@ -47,14 +67,14 @@ class JobFailure(Exception):
 
 class Events:
     def __init__(self, fd: int) -> None:
-        self._out = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
+        self._out = os.fdopen(fd, "wb", buffering=0)
 
-    def emit(self, kind: str, **payload: Any) -> None:
-        self._out.write(json.dumps({"kind": kind, **payload}) + "\n")
+    def emit(self, event: WorkerEvent) -> None:
+        self._out.write(contract.encode_event(event))
 
     def log(self, text: str) -> None:
         log.info(text)
-        self.emit("log", text=text)
+        self.emit(Log(text=text))
 
 
 def fetch_splits(address: str, dataset: str) -> dict[str, list[list[dict[str, str]]]]:
@@ -80,26 +100,55 @@ def fetch_splits(address: str, dataset: str) -> dict[str, list[list[dict[str, st
             ) from error
 
 
+def read_spec(job_dir: Path) -> JobSpec:
+    try:
+        return contract.from_json((job_dir / JOB_SPEC).read_bytes(), JobSpec)
+    except (OSError, msgspec.DecodeError) as error:
+        raise JobFailure("BAD_JOB_SPEC", f"{job_dir / JOB_SPEC} is unreadable: {error}") from error
+
+
+def import_first(method: Method) -> None:
+    """Imports the libraries a method needs before any other (Unsloth patches transformers
+    and peft when imported, so it must come before them)."""
+    for module in method.capabilities.import_first:
+        importlib.import_module(module)
+
+
+def score(model: Any, tokenizer: Any, conversations: list, tokenized: list, hp: Any, references: list[str]):
+    from tunewright.trainer import training
+
+    answers = training.generate_answers(model, tokenizer, conversations, hp.eval_max_new_tokens)
+    result = Score(
+        loss=training.mean_loss(model, tokenized, tokenizer.pad_token_id), **training.score(answers, references)
+    )
+    return answers, result
+
+
 def run(job_dir: Path, events: Events) -> None:
-    spec = json.loads((job_dir / "job.json").read_text())
-    hp = Hyperparameters(**spec["hyperparameters"])
-    method = get_method(load_methods(), spec["method"])
-    config = build_config(method, spec["method_parameters"])
+    spec = read_spec(job_dir)
+    hp = spec.hyperparameters
+    method = get_method(load_methods(), spec.method)
+    config = build_config(method, spec.method_parameters)
+    import_first(method)
 
     import torch
 
+    from tunewright.core import probe
+    from tunewright.trainer import training
+
     torch.manual_seed(hp.seed)
-    events.log(f"reading {spec['dataset']} from the data service")
-    splits = fetch_splits(spec["data_service"], spec["dataset"])
+    events.log(f"reading {spec.dataset} from the data service")
+    splits = fetch_splits(spec.data_service, spec.dataset)
     events.log("examples: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
     try:
-        folder = resolve_base_model(spec["base_model"], Path(spec["model_cache"]))
+        folder = resolve_base_model(spec.base_model, Path(spec.model_cache))
     except TunewrightError as error:
         raise JobFailure(error.reason, error.message) from error
-    events.log(f"loading base model {spec['base_model']}")
+    runtime = detect_runtime()
+    events.log(f"loading base model {spec.base_model} for {method.name} on {runtime.device}")
+    model = method.load_base(folder, config, runtime)
     tokenizer = load_tokenizer(folder)
-    model = load_model(folder)
 
     tokenized = {
         name: [tokenize_for_training(tokenizer, c, hp.max_seq_length) for c in convs] for name, convs in splits.items()
@@ -122,52 +171,52 @@ def run(job_dir: Path, events: Events) -> None:
         events.log("the dataset has no test split, so there is no evaluation")
     if evaluate:
         events.log(f"evaluating the base model on {len(test)} test examples")
-        base_answers = training.generate_answers(model, tokenizer, test, hp.eval_max_new_tokens)
-        base_score = {
-            "loss": training.mean_loss(model, tokenized["test"], tokenizer.pad_token_id),
-            **training.score(base_answers, references),
-        }
+        base_answers, base_score = score(model, tokenizer, test, tokenized["test"], hp, references)
 
     try:
         model = method.prepare(model, config)
     except ValueError as error:
         raise JobFailure("INVALID_METHOD_PARAMETER", f"method {method.name!r}: {error}") from error
 
-    def on_progress(progress: training.Progress) -> None:
+    def on_progress(progress: Progress) -> None:
         if not math.isfinite(progress.loss):
             raise JobFailure(
                 "TRAINING_DIVERGED", f"the loss became {progress.loss} at step {progress.step}; lower learning_rate"
             )
-        events.emit("progress", **asdict(progress))
+        events.emit(progress)
 
     events.log(f"training {method.name} for {training.total_steps(len(train_examples), hp)} steps")
     training.train(model, train_examples, hp, tokenizer.pad_token_id, on_progress)
     if tokenized["validation"]:
         events.log(f"validation loss {training.mean_loss(model, tokenized['validation'], tokenizer.pad_token_id):.4f}")
 
+    kind = method.capabilities.artifact_kind
     staging = job_dir / f".{ARTIFACT}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    method.save(model, config, staging / ADAPTER)
-    write_text_atomic(
-        staging / MANIFEST,
-        json.dumps(
-            {
-                "base_model": spec["base_model"],
-                "method": method.name,
-                "method_parameters": spec["method_parameters"],
-                "hyperparameters": spec["hyperparameters"],
-            },
-            indent=2,
-        ),
+    method.save(model, config, staging / kind.folder)
+
+    # The probe: what the trained model computes on one held-out example, for whoever
+    # rebuilds it from this artifact to check against.
+    probe_conversation = (test or splits["validation"] or splits["train"])[0]
+    probe_input = probe.probe_ids(tokenizer, probe_conversation)
+    probe_dtype = probe.compute_dtype(model)
+    probe.write_probe(staging / PROBE, probe_input, probe.logits_at(model.eval(), probe_input))
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        job_id=spec.job_id,
+        base_model=spec.base_model,
+        method=method.name,
+        method_parameters=spec.method_parameters,
+        hyperparameters=hp,
+        artifact_kind=kind,
+        trained=kind.folder,
+        probe=Probe(file=PROBE, compute_dtype=probe_dtype, tolerance=probe.TOLERANCE[probe_dtype]),
     )
+    write_bytes_atomic(staging / MANIFEST, contract.to_json(manifest))
 
     if evaluate:
         events.log("evaluating the fine-tuned model")
-        tuned_answers = training.generate_answers(model, tokenizer, test, hp.eval_max_new_tokens)
-        tuned_score = {
-            "loss": training.mean_loss(model, tokenized["test"], tokenizer.pad_token_id),
-            **training.score(tuned_answers, references),
-        }
+        tuned_answers, tuned_score = score(model, tokenizer, test, tokenized["test"], hp, references)
         write_lines_atomic(
             staging / PREDICTIONS,
             (
@@ -175,11 +224,11 @@ def run(job_dir: Path, events: Events) -> None:
                 for i, (c, r, b, t) in enumerate(zip(test, references, base_answers, tuned_answers, strict=True))
             ),
         )
-        events.emit("evaluation", example_count=len(test), base=base_score, tuned=tuned_score)
+        events.emit(Evaluation(example_count=len(test), base=base_score, tuned=tuned_score))
 
     shutil.rmtree(job_dir / ARTIFACT, ignore_errors=True)
     staging.rename(job_dir / ARTIFACT)
-    events.emit("done")
+    events.emit(Done())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,22 +247,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.job_dir, events)
     except JobFailure as failure:
-        events.emit("error", code=failure.code, message=failure.message)
+        events.emit(Failed(code=failure.code, message=failure.message))
         return 1
     except TunewrightError as error:
-        events.emit("error", code=error.reason, message=error.message)
+        events.emit(Failed(code=error.reason, message=error.message))
         return 1
     except MemoryError:
         events.emit(
-            "error", code="OUT_OF_MEMORY", message="the worker ran out of memory; lower batch_size or max_seq_length"
+            Failed(code="OUT_OF_MEMORY", message="the worker ran out of memory; lower batch_size or max_seq_length")
         )
         return 1
     except Exception as error:  # noqa: BLE001 - reported to the user, with the traceback in worker.log
         log.exception("job failed")
         events.emit(
-            "error",
-            code="WORKER_ERROR",
-            message=f"{type(error).__name__}: {error} (traceback in {args.job_dir / 'worker.log'})",
+            Failed(
+                code="WORKER_ERROR",
+                message=f"{type(error).__name__}: {error} (traceback in {args.job_dir / WORKER_LOG})",
+            )
         )
         return 1
     return 0

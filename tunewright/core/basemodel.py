@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -173,10 +173,11 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(folder: Path) -> PreTrainedModel:
+def load_model(folder: Path, dtype: Any = None) -> PreTrainedModel:
+    """The model in ``folder`` from safetensors, float32 unless ``dtype`` says otherwise."""
     import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+        folder, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=False
     )

@@ -41,5 +41,8 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # bitsandbytes warns on import that it could not fetch optional CPU kernels from a model
+    # hub (through the `kernels` package); nothing is fetched from a hub here, by design.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)

@@ -1,0 +1,114 @@
+"""QLoRA: LoRA adapters trained on a frozen 4-bit (NF4) copy of the base, through
+bitsandbytes, which runs 4-bit layers on CUDA and on the CPU.
+
+The adapter learned to correct the *quantized* base, so merging rebuilds that same
+quantized base (quantization is deterministic), dequantizes it to float32 and only then
+adds the adapter. Adding the adapter to the original float32 weights would give a model
+that was never trained; adding it into 4-bit weights would round the update away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunewright.methods import ArtifactKind, Capabilities, Runtime
+from tunewright.plugins.lora.method import peft_lora_config
+from tunewright.plugins.peft_adapters import check_target_modules, load_adapter, merge_adapter, save_adapter
+from tunewright.plugins.qlora.config import QloraConfig
+
+CPU = Runtime("cpu", bf16=False)
+
+
+def load_quantized(folder: Path, config: QloraConfig, runtime: Runtime) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute_dtype = runtime.compute_dtype if config.compute_dtype == "auto" else getattr(torch, config.compute_dtype)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quant_type,
+        bnb_4bit_use_double_quant=config.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    # Weights are read as float32 before quantization whatever the compute precision, so
+    # that the training worker and a later merge quantize the same numbers the same way.
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        quantization_config=quantization,
+        dtype=torch.float32,
+        device_map=runtime.device,
+        use_safetensors=True,
+        trust_remote_code=False,
+    )
+    return keep_one_layout(model)
+
+
+def keep_one_layout(model: Any) -> Any:
+    """Keeps bitsandbytes from repacking 4-bit weights for its fast CPU inference kernel.
+
+    On CPUs with AVX512-BF16, the first forward pass in eval mode (the base model's
+    evaluation, a validation pass) repacks each layer's weights for a kernel that has no
+    backward: from then on no gradient flows through the frozen layers' inputs, and
+    training quietly goes wrong. That kernel also rounds differently, so a model served
+    with it would not compute what was trained. Every model here keeps the one layout.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def _for_kbit_training(model: Any, config: QloraConfig) -> Any:
+    import peft
+
+    # Casts the layers left unquantized (norms, embeddings) to float32 for stable training.
+    return peft.prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
+class QloraMethod:
+    name = "qlora"
+    description = (
+        "QLoRA (peft + bitsandbytes): LoRA on a frozen 4-bit NF4 base, with gradient checkpointing; "
+        "the least memory. Merging dequantizes the base first."
+    )
+    config_class = QloraConfig
+    capabilities = Capabilities(
+        artifact_kind=ArtifactKind.ADAPTER,
+        mergeable=True,
+        exportable=True,
+        quantized_base=True,
+        required_packages=("peft", "bitsandbytes"),
+    )
+    default_learning_rate = 1e-3
+
+    def load_base(self, folder: Path, config: QloraConfig, runtime: Runtime) -> Any:
+        return load_quantized(folder, config, runtime)
+
+    def prepare(self, model: Any, config: QloraConfig) -> Any:
+        import peft
+
+        check_target_modules(model, config.target_modules)
+        return peft.get_peft_model(_for_kbit_training(model, config), peft_lora_config(config))
+
+    def save(self, model: Any, config: QloraConfig, directory: Path) -> None:
+        save_adapter(model, directory)
+
+    def load_trained(
+        self, folder: Path, config: QloraConfig, directory: Path, runtime: Runtime, trainable: bool
+    ) -> Any:
+        base = load_quantized(folder, config, runtime)
+        return load_adapter(_for_kbit_training(base, config) if trainable else base, directory, trainable)
+
+    def merge(self, folder: Path, config: QloraConfig, directory: Path) -> Any:
+        import torch
+
+        # The same quantized base the adapter was trained on, made float32 again.
+        base = load_quantized(folder, config, CPU).dequantize(dtype=torch.float32)
+        return merge_adapter(base.to(torch.float32), directory)
