@@ -1,0 +1,65 @@
+"""The wheel cannot forget a plugin: packages are discovered (setup.py), and every built-in
+method imports and registers from an installed, non-editable wheel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+from conftest import REPO
+
+CHECK = """
+import json, sys
+import tunewright
+from tunewright.plugin_manager import DEFAULT_PLUGINS, load_methods
+methods = load_methods()
+print(json.dumps({
+    "package": tunewright.__file__,
+    "methods": sorted(methods),
+    "modules": [sys.modules[type(m).__module__].__file__ for m in methods.values()],
+    "default_plugins": list(DEFAULT_PLUGINS),
+}))
+"""
+
+
+def test_every_builtin_plugin_imports_from_an_installed_wheel(tmp_path):
+    built = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", built, REPO],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = built.glob("tunewright-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    plugin_folders = sorted(p.parent.name for p in (REPO / "plugins").glob("*/__init__.py"))
+    assert plugin_folders == ["full", "lora", "prefix", "qlora", "unsloth"]
+    for folder in plugin_folders:
+        assert f"tunewright/plugins/{folder}/__init__.py" in names, folder
+    for service in ("data", "trainer", "serve"):
+        assert f"tunewright/{service}/v1/{service}_service_pb2.py" in names, service
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site, wheel],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    # Run from elsewhere, with the installed wheel ahead of the editable checkout.
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout)
+    assert found["package"].startswith(str(site))
+    assert found["methods"] == ["full", "lora", "prefix", "qlora", "unsloth"]
+    assert all(module.startswith(str(site)) for module in found["modules"]), found["modules"]
+    assert sorted(name.rsplit(".", 1)[-1] for name in found["default_plugins"]) == plugin_folders
