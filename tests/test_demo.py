@@ -6,10 +6,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import CLI, ticket_lines
 
 
-def test_demo_runs_the_whole_path_and_writes_its_results(tiny_model, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_demo_runs_the_whole_path_and_writes_its_results(method, tiny_model, tmp_path):
     data = tmp_path / "tickets.jsonl"
     data.write_text("\n".join(ticket_lines(40)) + "\n")
     results = tmp_path / "results.json"
@@ -26,6 +29,8 @@ def test_demo_runs_the_whole_path_and_writes_its_results(tiny_model, tmp_path):
         str(tmp_path / "state"),
         "--results",
         str(results),
+        "--method",
+        method,
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -44,5 +49,23 @@ def test_demo_runs_the_whole_path_and_writes_its_results(tiny_model, tmp_path):
     written = json.loads(results.read_text())
     assert written["test_examples"] == 4 and written["train_steps"] == 4
     assert set(written["urgency_accuracy"]) == {"base", "tuned"}
-    assert written["model"].startswith("models/") and Path(written["model_directory"], "Modelfile").is_file()
+    assert written["model"].startswith("models/")
+    assert Path(written["model_directory"], "Modelfile").is_file() == (method != "prefix")
     assert written["answer_finish_reason"] in ("FINISH_REASON_STOP", "FINISH_REASON_LENGTH")
+    assert written["method"] == method
+    assert written["export_format"] == ("attached" if method == "prefix" else "merged")
+    assert written["train_tokens_per_second_median"] > 0 and written["peak_training_memory_bytes"] > 2**20
+
+
+def test_demo_refuses_an_unknown_method_in_one_line(tiny_model, tmp_path):
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("\n".join(ticket_lines(12)) + "\n")
+    run = subprocess.run(
+        [CLI, "demo", "--base-model", str(tiny_model), "--dataset", str(data), "--state-dir", str(tmp_path / "s")]
+        + ["--method", "dreambooth"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2
+    assert "error: INVALID_ARGUMENT: unknown method 'dreambooth'; installed methods: full, lora" in run.stderr

@@ -45,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", type=Path, default=None, help="chat JSONL (default: the support-ticket example)"
     )
     demo_parser.add_argument("--base-model", default="smollm2-135m-instruct")
+    demo_parser.add_argument(
+        "--method",
+        default="lora",
+        help="fine-tuning method: lora, qlora, unsloth, prefix, full, or one from an installed plugin",
+    )
+    demo_parser.add_argument(
+        "--learning-rate", type=float, default=0.0, help="peak learning rate (default: the method's own)"
+    )
     demo_parser.add_argument("--epochs", type=int, default=2)
     demo_parser.add_argument("--results", type=Path, default=Path("demo-results.json"))
 

@@ -1,9 +1,10 @@
 """``tunewright demo``: the whole path on real parts, as a user would call it.
 
 Starts the three services, uploads the support-ticket examples, creates the dataset,
-fine-tunes the built-in model with ``lora``, compares base and fine-tuned on the test
-split, exports the model, asks it a question through the serve service, prints a table
-and writes the same results as JSON.
+fine-tunes the built-in model with the chosen method (``lora`` by default), compares base
+and fine-tuned on the test split, exports the model (merged, or attached where the method
+cannot merge), asks it a question through the serve service, prints a table and writes
+the same results as JSON.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import time
 import uuid
 from pathlib import Path
+
+import grpc
 
 from tunewright.client import Client
 from tunewright.stack import Stack, free_port
@@ -62,6 +66,9 @@ def run_demo(args: argparse.Namespace) -> int:
     client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
     try:
         return _run(args, client, dataset_path, started)
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 2
     finally:
         client.close()
         stack.stop()
@@ -78,25 +85,31 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         flush=True,
     )
 
+    hyperparameters = trainer_pb.Hyperparameters(epochs=args.epochs, batch_size=8, eval_max_new_tokens=24)
+    if args.learning_rate:
+        hyperparameters.learning_rate = args.learning_rate
     job = client.trainer.CreateJob(
         trainer_pb.CreateJobRequest(
             request_id=uuid.uuid4().hex,
             base_model=args.base_model,
             dataset=dataset.name,
-            method="lora",
-            hyperparameters=trainer_pb.Hyperparameters(epochs=args.epochs, batch_size=8, eval_max_new_tokens=24),
+            method=args.method,
+            hyperparameters=hyperparameters,
         ),
         timeout=120,
     ).job
     print(
-        f"job {job.name}: fine-tuning {args.base_model} with lora (the first run converts the model once)", flush=True
+        f"job {job.name}: fine-tuning {args.base_model} with {args.method} (the first run converts the model once)",
+        flush=True,
     )
     train_started = time.monotonic()
+    rates: list[float] = []
     drawing = False  # a terminal progress line is open and needs a newline before other output
     for event in client.trainer.WatchJob(trainer_pb.WatchJobRequest(name=job.name)):
         kind = event.WhichOneof("payload")
         if kind == "progress":
             p = event.progress
+            rates.append(p.tokens_per_second)
             show_progress(p.step, p.total_steps, p.loss, p.tokens_per_second)
             drawing = sys.stdout.isatty()
             continue
@@ -141,7 +154,10 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         "model": model.name,
         "model_directory": model.directory,
         "base_model": args.base_model,
-        "method": "lora",
+        "method": args.method,
+        "export_format": model.format,
+        "train_tokens_per_second_median": round(statistics.median(rates[1:] or rates), 1),
+        "peak_training_memory_bytes": job.progress.peak_memory_bytes,
         "test_examples": len(predictions),
         "urgency_accuracy": accuracy,
         "first_line_match": {"base": evaluation.base.first_line_match, "tuned": evaluation.tuned.first_line_match},
@@ -164,7 +180,12 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
     print(f"{'test loss (nats/token)':34}{evaluation.base.loss:>10.3f}{evaluation.tuned.loss:>12.3f}")
     print(f"\ngain in urgency accuracy: {100 * (accuracy['tuned'] - accuracy['base']):+.1f} points")
     print(f"training: {results['train_steps']} steps in {train_seconds:.0f} s (dataset download, evaluation included)")
-    print(f"exported {model.name} to {model.directory} (merged safetensors + Modelfile)")
+    print(
+        f"training: {results['train_tokens_per_second_median']:.0f} tokens/s (median), "
+        f"peak memory {job.progress.peak_memory_bytes / 2**30:.2f} GiB"
+    )
+    what = "merged safetensors + Modelfile" if model.format == "merged" else "attached to the base when it answers"
+    print(f"exported {model.name} to {model.directory} ({what})")
     print(f"\nQ: {QUESTION}\nA: {answer}")
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults written to {Path(args.results).resolve()}")
