@@ -28,6 +28,10 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
+# Written into a converted built-in model; a cache from an older conversion is redone.
+CONVERSION_MARKER = "tunewright-conversion.json"
+CONVERSION_VERSION = 2
+
 
 @dataclass(frozen=True)
 class BuiltinModel:
@@ -93,13 +97,13 @@ def check_base_model(spec: str, field: str = "base_model") -> None:
 
 def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path) -> Path:
     target = cache_dir / name
-    if (target / "config.json").is_file():
+    if _converted(target):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     # One conversion at a time per cache; a second process waits, then finds the result.
     with open(cache_dir / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").is_file():
+        if _converted(target):
             return target
         package_dir = _package_dir(model.package)
         if package_dir is None or not (package_dir / model.gguf_file).is_file():
@@ -112,6 +116,11 @@ def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path) -> Path:
         staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}."))
         try:
             convert_gguf(package_dir, model.gguf_file, staging)
+            (staging / CONVERSION_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION}) + "\n")
+            if target.exists():  # an older conversion: replaced, never half-overwritten
+                stale = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}.stale."))
+                target.rename(stale / name)
+                shutil.rmtree(stale, ignore_errors=True)
             staging.rename(target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -119,17 +128,33 @@ def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path) -> Path:
     return target
 
 
+def _converted(target: Path) -> bool:
+    """The folder holds a conversion made by this version of ``convert_gguf``."""
+    try:
+        return json.loads((target / CONVERSION_MARKER).read_text()).get("version") == CONVERSION_VERSION
+    except (OSError, ValueError):
+        return False
+
+
 def convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
     """Dequantizes a GGUF model to float32 safetensors with its tokenizer.
 
-    The GGUF of SmolLM2 names <|im_start|> as its EOS; the chat template ends turns with
-    <|im_end|>, so the saved tokenizer and generation config use the end-of-turn token,
-    as the original Hugging Face release does.
+    Two things in the GGUF do not come through transformers' conversion as the original
+    Hugging Face release has them, and both would make the exported model differ from
+    the trained one:
+    - The GGUF of SmolLM2 names <|im_start|> as its EOS; the chat template ends turns with
+      <|im_end|>, so the saved tokenizer and generation config use the end-of-turn token.
+    - The pre-tokenizer (``tokenizer.ggml.pre``) is dropped: SmolLM2's splits every digit
+      apart before the byte-level BPE. It is put back, so that training, llama.cpp (which
+      reads ``pre`` from an exported GGUF) and Ollama tokenize alike.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    _restore_pre_tokenizer(tokenizer, _gguf_pre_tokenizer(folder / gguf_file))
+    # transformers warns on every load that this clean-up would corrupt BPE output.
+    tokenizer.clean_up_tokenization_spaces = False
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -145,6 +170,31 @@ def convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     save_tokenizer(tokenizer, out_dir)
+
+
+def _gguf_pre_tokenizer(path: Path) -> str:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("tokenizer.ggml.pre")
+    return field.contents() if field is not None else ""
+
+
+def _restore_pre_tokenizer(tokenizer: PreTrainedTokenizerBase, pre: str) -> None:
+    """Gives a byte-level BPE tokenizer read from a GGUF the pre-tokenizer and decoder that
+    llama.cpp's ``pre`` name stands for (only those of the built-in models are known)."""
+    from tokenizers import decoders, pre_tokenizers
+
+    if pre != "smollm":
+        log.warning("pre-tokenizer left as transformers read it", pre=pre)
+        return
+    backend = tokenizer.backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
