@@ -1,0 +1,3 @@
+module tunewright/tests/go
+
+go 1.19
