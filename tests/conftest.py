@@ -168,6 +168,15 @@ def run_job(client, base_model, dataset: str, method: str = "lora", **hyperparam
     return client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
 
 
+@pytest.fixture
+def double():
+    """An HTTP server speaking Ollama's documented protocol (tests/ollama_double.py)."""
+    from ollama_double import serve
+
+    with serve() as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def ia3_site(tmp_path_factory) -> Path:
     """The example IA3 plugin package, installed from outside into its own folder, as a

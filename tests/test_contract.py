@@ -89,7 +89,7 @@ def test_serve_refuses_an_artifact_from_a_newer_release(tmp_path):
 
 
 def test_a_serve_database_from_before_formats_keeps_its_models(tmp_path):
-    from tunewright.serve.store import MERGED, SCHEMA, ModelStore
+    from tunewright.serve.store import SCHEMA, ModelStore
 
     path = tmp_path / "serve.sqlite3"
     with sqlite3.connect(path) as conn:  # as the release before export formats left it
@@ -100,8 +100,15 @@ def test_a_serve_database_from_before_formats_keeps_its_models(tmp_path):
         )
     store = ModelStore(path)
     old = store.get("old")
-    assert (old.format, old.method_parameters, old.max_divergence, old.files) == (MERGED, {}, None, [("Modelfile", 10)])
+    # It was a merged safetensors folder, which is what "safetensors" names now.
+    assert (old.format, old.method_parameters, old.max_divergence, old.files) == (
+        "safetensors",
+        {},
+        None,
+        [("Modelfile", 10)],
+    )
+    assert (old.gguf, old.chat_template, old.notes, old.pushes) == (None, None, [], [])
     assert store.by_request("req-1") == old
     reopened = ModelStore(path)  # migrations run once
     assert reopened.get("old") == old
-    assert reopened.db.query_one("PRAGMA user_version")[0] == 1
+    assert reopened.db.query_one("PRAGMA user_version")[0] == 2

@@ -13,12 +13,16 @@ from conftest import REPO
 CHECK = """
 import json, sys
 import tunewright
-from tunewright.plugin_manager import DEFAULT_PLUGINS, load_methods
+from tunewright.plugin_manager import DEFAULT_PLUGINS, load_exporters, load_methods
 methods = load_methods()
+exporters = load_exporters()
+plugins = [*methods.values(), *exporters.formats.values(), *exporters.targets.values()]
 print(json.dumps({
     "package": tunewright.__file__,
     "methods": sorted(methods),
-    "modules": [sys.modules[type(m).__module__].__file__ for m in methods.values()],
+    "formats": sorted(exporters.formats),
+    "targets": sorted(exporters.targets),
+    "modules": [sys.modules[type(p).__module__].__file__ for p in plugins],
     "default_plugins": list(DEFAULT_PLUGINS),
 }))
 """
@@ -35,7 +39,7 @@ def test_every_builtin_plugin_imports_from_an_installed_wheel(tmp_path):
     (wheel,) = built.glob("tunewright-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     plugin_folders = sorted(p.parent.name for p in (REPO / "plugins").glob("*/__init__.py"))
-    assert plugin_folders == ["full", "lora", "prefix", "qlora", "unsloth"]
+    assert plugin_folders == ["full", "gguf", "lora", "ollama", "prefix", "qlora", "safetensors", "unsloth"]
     for folder in plugin_folders:
         assert f"tunewright/plugins/{folder}/__init__.py" in names, folder
     for service in ("data", "trainer", "serve"):
@@ -61,5 +65,6 @@ def test_every_builtin_plugin_imports_from_an_installed_wheel(tmp_path):
     found = json.loads(result.stdout)
     assert found["package"].startswith(str(site))
     assert found["methods"] == ["full", "lora", "prefix", "qlora", "unsloth"]
+    assert (found["formats"], found["targets"]) == (["gguf", "safetensors"], ["ollama"])
     assert all(module.startswith(str(site)) for module in found["modules"]), found["modules"]
     assert sorted(name.rsplit(".", 1)[-1] for name in found["default_plugins"]) == plugin_folders

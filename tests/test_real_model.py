@@ -48,6 +48,7 @@ def test_chat_template_masking_and_ollama_template(smollm2):
     trained = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
     assert tokenizer.decode(trained) == "urgency: high<|im_end|>"
     template = ollama_template(tokenizer)
+    assert template.family == "chatml" and template.bos_text is None, template.note
     assert template.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     for conversation in (messages[:1], [{"role": "system", "content": "Triage."}, *messages]):
         assert render_like_ollama(template, conversation) == render(tokenizer, conversation, generation_prompt=True)
@@ -75,7 +76,16 @@ def test_each_method_trains_the_real_model_exports_and_answers(method, services,
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
     assert job.progress.step == 2 and job.progress.loss > 0
     model = client.serve.ExportModel(serve_pb.ExportModelRequest(job=job.name), timeout=900).model
-    assert model.format == ("attached" if method == "prefix" else "merged")
+    assert model.format == ("attached" if method == "prefix" else "gguf")
     assert model.verification.max_kl_divergence <= model.verification.tolerance
-    text, finish = client.chat_text(model.name, [{"role": "user", "content": "Say hello."}], max_new_tokens=16)
-    assert text.strip() and finish != serve_pb.FINISH_REASON_UNSPECIFIED
+    reply = list(
+        client.serve.Chat(
+            serve_pb.ChatRequest(
+                model=model.name,
+                messages=[serve_pb.ChatMessage(role="user", content="Say hello.")],
+                options=serve_pb.GenerationOptions(max_new_tokens=16),
+            )
+        )
+    )
+    assert "".join(p.text for p in reply).strip() and reply[-1].finish_reason != serve_pb.FINISH_REASON_UNSPECIFIED
+    assert {p.backend for p in reply} == {"transformers" if method == "prefix" else "llama.cpp"}

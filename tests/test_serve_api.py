@@ -43,7 +43,9 @@ def test_export_writes_merged_safetensors_tokenizer_and_modelfile(services, expo
     modelfile = (folder / "Modelfile").read_text()
     assert modelfile == exported.modelfile
     assert modelfile.startswith("FROM .\n") and "TEMPLATE" in modelfile
-    assert exported.format == "merged"
+    # The tiny model's trained tokenizer is unknown to llama.cpp's converter: no GGUF, so
+    # the default falls back to the safetensors folder.
+    assert exported.format == "safetensors"
     # The merged model was checked against the trained one before it was stored.
     assert exported.verification.tolerance == pytest.approx(1e-4)
     assert 0 <= exported.verification.max_kl_divergence <= exported.verification.tolerance
@@ -70,6 +72,7 @@ def test_generate_and_chat_stream_tokens(services, exported):
     serve = services.client.serve
     options = pb.GenerationOptions(max_new_tokens=6)
     pieces = list(serve.Generate(pb.GenerateRequest(model=exported.name, prompt="Hello", options=options)))
+    assert {p.backend for p in pieces} == {"transformers"}  # a safetensors export, pushed nowhere
     assert pieces and pieces[-1].finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
     assert all(p.finish_reason == pb.FINISH_REASON_UNSPECIFIED for p in pieces[:-1])
     assert pieces[-1].token_count <= 6
@@ -108,7 +111,36 @@ def test_serve_errors(services, exported):
     with pytest.raises(grpc.RpcError) as caught:
         serve.ExportModel(pb.ExportModelRequest(job=exported.job, model_id="other", format="onnx"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert rich_error(caught.value) == ("UNKNOWN_EXPORT_FORMAT", [("format", "not one of: merged, attached")])
+    assert rich_error(caught.value) == (
+        "UNKNOWN_EXPORT_FORMAT",
+        [("format", "not one of: gguf, safetensors, attached")],
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        serve.ExportModel(pb.ExportModelRequest(job=exported.job, model_id="other", format="gguf"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    reason, _ = rich_error(caught.value)
+    assert reason == "UNSUPPORTED_TOKENIZER" and "format 'safetensors'" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        serve.ExportModel(
+            pb.ExportModelRequest(job=exported.job, model_id="other", format="safetensors", options={"type": "q8_0"})
+        )
+    assert rich_error(caught.value)[0] == "INVALID_OPTION"
+    assert "other" not in [m.name.split("/")[1] for m in serve.ListModels(pb.ListModelsRequest()).models]
+    with pytest.raises(grpc.RpcError) as caught:
+        serve.PushModel(pb.PushModelRequest(model=exported.name, target="ollama"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rich_error(caught.value)[0] == "FORMAT_NOT_ACCEPTED" and "'gguf'" in caught.value.details()
+
+
+def test_list_export_formats_describes_formats_targets_and_options(services):
+    listed = services.client.serve.ListExportFormats(pb.ListExportFormatsRequest())
+    formats = {f.name: f for f in listed.formats}
+    assert set(formats) == {"gguf", "safetensors"}
+    gguf_type = next(o for o in formats["gguf"].options if o.name == "type")
+    assert gguf_type.default_value == "f16" and list(gguf_type.choices) == ["f16", "q8_0", "bf16"]
+    (ollama,) = listed.targets
+    assert ollama.name == "ollama" and list(ollama.formats) == ["gguf"]
+    assert {o.name for o in ollama.options} == {"host", "name", "quantize", "num_ctx"}
 
 
 def test_an_adapter_can_also_be_served_attached(services, trained_job):

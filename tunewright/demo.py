@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from tunewright.client import Client
+from tunewright.core.chat import prompt_and_reference
 from tunewright.stack import Stack, free_port
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 
@@ -51,6 +53,41 @@ def show_progress(step: int, total: int, loss: float, tokens_per_second: float) 
         print(f"\r  {bar}", end="", flush=True)
     elif step == total or step % max(1, total // 10) == 0:
         print(f"  {bar}", flush=True)
+
+
+def ask(client: Client, model: str, messages: list[dict[str, str]], max_new_tokens: int = 64) -> tuple[str, int, str]:
+    """(answer, finish reason, backend that answered) from the serve service."""
+    from tunewright.serve.v1 import serve_service_pb2 as serve_pb
+
+    pieces = list(
+        client.serve.Chat(
+            serve_pb.ChatRequest(
+                model=model,
+                messages=[serve_pb.ChatMessage(**m) for m in messages],
+                options=serve_pb.GenerationOptions(max_new_tokens=max_new_tokens),
+            ),
+            timeout=600,
+        )
+    )
+    return "".join(p.text for p in pieces).strip(), pieces[-1].finish_reason, pieces[-1].backend
+
+
+def push_to_ollama(client: Client, model):
+    """Registers a GGUF export with the Ollama at $OLLAMA_HOST (or the default address) when
+    one answers; returns the model with its push, or None."""
+    from tunewright.plugins.ollama.target import DEFAULT_HOST
+    from tunewright.serve import ollama
+    from tunewright.serve.v1 import serve_service_pb2 as serve_pb
+
+    host = os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+    if model.format != "gguf" or not ollama.reachable(host if "://" in host else f"http://{host}", timeout=2.0):
+        print(f"no Ollama answers at {host}; the model is served from its GGUF by llama.cpp", flush=True)
+        return None
+    name = f"tunewright-demo-{model.name.split('/')[1]}"
+    response = client.serve.PushModel(
+        serve_pb.PushModelRequest(model=model.name, target="ollama", options={"host": host, "name": name}), timeout=900
+    )
+    return response.model
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -141,12 +178,23 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
 
     from tunewright.serve.v1 import serve_service_pb2 as serve_pb
 
+    print("exporting (GGUF where the method and model allow) ...", flush=True)
     model = client.serve.ExportModel(
         serve_pb.ExportModelRequest(request_id=uuid.uuid4().hex, job=job.name), timeout=900
     ).model
-    answer, finish = client.chat_text(
-        model.name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    pushed = push_to_ollama(client, model)
+    if pushed is not None:
+        model = pushed
+    answer, finish, backend = ask(
+        client, model.name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
     )
+    # Every test prompt through the GGUF as llama.cpp (or Ollama) serves it: does it stop by itself?
+    stopped = None
+    if model.format == "gguf":
+        stopped = sum(
+            ask(client, model.name, prompt_and_reference(p["messages"])[0])[1] == serve_pb.FINISH_REASON_STOP
+            for p in predictions
+        )
     evaluation = job.evaluation
     results = {
         "dataset": dataset.name,
@@ -169,6 +217,12 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         "question": QUESTION,
         "answer": answer,
         "answer_finish_reason": serve_pb.FinishReason.Name(finish),
+        "answer_backend": backend,
+        "test_prompts_stopped": None
+        if stopped is None
+        else {"stopped": stopped, "of": len(predictions), "max_new_tokens": 64, "backend": backend},
+        "template_family": model.template_family,
+        "pushes": [{"target": p.target, "address": p.address, "name": p.remote_name} for p in model.pushes],
         "modelfile": model.modelfile,
     }
     print()
@@ -184,9 +238,21 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         f"training: {results['train_tokens_per_second_median']:.0f} tokens/s (median), "
         f"peak memory {job.progress.peak_memory_bytes / 2**30:.2f} GiB"
     )
-    what = "merged safetensors + Modelfile" if model.format == "merged" else "attached to the base when it answers"
+    what = {
+        "gguf": "a GGUF for llama.cpp and Ollama, with its Modelfile",
+        "safetensors": "merged safetensors + Modelfile",
+        "attached": "attached to the base when it answers; Ollama cannot load it",
+    }.get(model.format, model.format)
     print(f"exported {model.name} to {model.directory} ({what})")
-    print(f"\nQ: {QUESTION}\nA: {answer}")
+    for note in model.notes:
+        print(f"  note: {note}")
+    if model.modelfile:
+        print("\nModelfile:\n" + "\n".join(f"  {line}" for line in model.modelfile.splitlines()))
+    for push in model.pushes:
+        print(f"registered with Ollama at {push.address} as {push.remote_name}: ollama run {push.remote_name}")
+    print(f"\nQ: {QUESTION}\nA ({backend}): {answer}")
+    if stopped is not None:
+        print(f"stopped by itself on {stopped} of {len(predictions)} test prompts ({backend}, at most 64 new tokens)")
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults written to {Path(args.results).resolve()}")
     return 0

@@ -18,6 +18,7 @@ import pluggy
 from tunewright import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from tunewright.exporters import ExporterRegistry
     from tunewright.methods import Method
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -30,4 +31,16 @@ def tunewright_register_methods(register: Callable[[Method], None]) -> None:
     ``method`` follows the ``tunewright.methods.Method`` protocol: a unique ``name``,
     a ``description``, a dataclass ``config_class`` whose fields are the method's
     parameters, its ``capabilities``, and the ``prepare``/``save``/``merge`` functions.
+    """
+
+
+@hookspec
+def tunewright_register_exporters(registry: ExporterRegistry) -> None:
+    """Register export formats and push targets on ``registry``.
+
+    ``registry.add_format(export_format)`` adds a layout the serve service can write a
+    fine-tuned model in (``tunewright.exporters.ExportFormat``: ``name``, ``description``,
+    an options dataclass ``config_class``, ``check`` and ``write``);
+    ``registry.add_target(target)`` adds a place an export can be pushed to and answered
+    through (``tunewright.exporters.PushTarget``).
     """

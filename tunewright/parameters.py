@@ -78,20 +78,40 @@ def default_json(spec: ParameterSpec) -> str:
     return json.dumps(value)
 
 
-def _refuse(method: Method, violations: list[FieldViolation]) -> InvalidArgument:
-    return InvalidArgument(
-        f"method {method.name!r} refused {len(violations)} parameter(s): "
-        + "; ".join(f"{v.field}: {v.description}" for v in violations),
-        reason="INVALID_METHOD_PARAMETER",
-        violations=violations,
-    )
-
-
 def build_config(method: Method, values: dict[str, Any], field_prefix: str = "method_parameters") -> Any:
     """The method's config from user values (already plain Python), refusing unknown names,
     wrong types, values outside ``choices`` and values the config rejects, each violation
     naming its field."""
-    specs = {spec.name: spec for spec in parameter_specs(method.config_class)}
+    return _build(f"method {method.name!r}", method.config_class, values, field_prefix, "INVALID_METHOD_PARAMETER")
+
+
+def parse_options(owner: str, config_class: type, text: dict[str, str], field_prefix: str = "options") -> Any:
+    """An exporter's options from text, as the API carries them ("4096", "true", "a,b"),
+    checked as ``build_config`` checks a method's parameters. ``owner`` names the exporter
+    in messages ("format 'gguf'")."""
+    specs = {spec.name: spec for spec in parameter_specs(config_class)}
+    values: dict[str, Any] = {}
+    for name, value in text.items():
+        spec = specs.get(name)
+        values[name] = _from_text(spec.type, value) if spec else value
+    return _build(owner, config_class, values, field_prefix, "INVALID_OPTION")
+
+
+def _from_text(kind: str, value: str) -> Any:
+    try:
+        if kind == INT:
+            return int(value)
+        if kind == FLOAT:
+            return float(value)
+    except ValueError:
+        return value  # refused below with the expected type
+    if kind == BOOL:
+        return {"true": True, "false": False}.get(value.strip().lower(), value)
+    return value
+
+
+def _build(owner: str, config_class: type, values: dict[str, Any], field_prefix: str, reason: str) -> Any:
+    specs = {spec.name: spec for spec in parameter_specs(config_class)}
     violations = []
     kwargs = {}
     for name, value in values.items():
@@ -99,22 +119,25 @@ def build_config(method: Method, values: dict[str, Any], field_prefix: str = "me
         spec = specs.get(name)
         if spec is None:
             accepted = ", ".join(sorted(specs)) or "none"
-            violations.append(
-                FieldViolation(field, f"method {method.name!r} has no parameter {name!r}; it accepts: {accepted}")
-            )
+            violations.append(FieldViolation(field, f"{owner} has no parameter {name!r}; it accepts: {accepted}"))
             continue
         try:
             kwargs[name] = _coerce(spec, value)
         except (TypeError, ValueError) as error:
             violations.append(FieldViolation(field, str(error)))
-    if violations:
-        raise _refuse(method, violations)
-    try:
-        return method.config_class(**kwargs)
-    except ParameterError as error:
-        raise _refuse(method, [FieldViolation(f"{field_prefix}.{error.field}", error.message)]) from error
-    except (TypeError, ValueError) as error:
-        raise _refuse(method, [FieldViolation(field_prefix, str(error))]) from error
+    if not violations:
+        try:
+            return config_class(**kwargs)
+        except ParameterError as error:
+            violations = [FieldViolation(f"{field_prefix}.{error.field}", error.message)]
+        except (TypeError, ValueError) as error:
+            violations = [FieldViolation(field_prefix, str(error))]
+    raise InvalidArgument(
+        f"{owner} refused {len(violations)} parameter(s): "
+        + "; ".join(f"{v.field}: {v.description}" for v in violations),
+        reason=reason,
+        violations=violations,
+    )
 
 
 def _coerce(spec: ParameterSpec, value: Any) -> Any:

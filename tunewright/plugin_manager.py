@@ -1,4 +1,5 @@
-"""The plugin manager: built-in methods, third-party entry points, and blocking by name."""
+"""The plugin manager: built-in methods and exporters, third-party entry points, and
+blocking by name."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import pluggy
 
 from tunewright import PROJECT_NAME, hookspecs
 from tunewright.core.errors import FieldViolation, InvalidArgument
+from tunewright.exporters import ExporterRegistry
 from tunewright.methods import Method
 
-# Built-in methods are ordinary plugins, loaded before third-party ones.
+# Built-in methods and exporters are ordinary plugins, loaded before third-party ones.
 DEFAULT_PLUGINS = (
     "tunewright.plugins.lora",
     "tunewright.plugins.qlora",
     "tunewright.plugins.unsloth",
     "tunewright.plugins.prefix",
     "tunewright.plugins.full",
+    "tunewright.plugins.safetensors",
+    "tunewright.plugins.gguf",
+    "tunewright.plugins.ollama",
 )
 
 # Comma-separated plugin names (module names, or entry-point names) not to load.
@@ -54,6 +59,16 @@ def collect_methods(pm: pluggy.PluginManager) -> dict[str, Method]:
 
 def load_methods() -> dict[str, Method]:
     return collect_methods(plugin_manager())
+
+
+def collect_exporters(pm: pluggy.PluginManager) -> ExporterRegistry:
+    registry = ExporterRegistry()
+    pm.hook.tunewright_register_exporters(registry=registry)
+    return registry
+
+
+def load_exporters() -> ExporterRegistry:
+    return collect_exporters(plugin_manager())
 
 
 def get_method(methods: dict[str, Method], name: str, field: str = "method") -> Method:

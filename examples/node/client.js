@@ -157,7 +157,7 @@ async function main() {
   console.log(`${job.name} succeeded`);
 
   const { model } = await unary(serve, 'ExportModel', { request_id: crypto.randomUUID(), job: job.name }, 10 * MINUTE);
-  console.log(`exported ${model.name} to ${model.directory}`);
+  console.log(`exported ${model.name} as ${model.format} to ${model.directory}`);
 
   const options = { max_new_tokens: 24 };
   const streamOptions = { deadline: deadlineIn(5 * MINUTE) };
@@ -172,7 +172,7 @@ async function main() {
     model: model.name, messages: [{ role: 'user', content: config.prompt }], options,
   }, { deadline: deadlineIn(5 * MINUTE) });
   if (replies.length === 0) throw new Error('Chat returned no messages');
-  console.log(`chat: ${replies.map((m) => m.text).join('')}`);
+  console.log(`chat (${replies[replies.length - 1].backend}): ${replies.map((m) => m.text).join('')}`);
   console.log(`chat finish_reason: ${replies[replies.length - 1].finish_reason}`);
 
   console.log('node client flow: OK');

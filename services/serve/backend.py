@@ -7,32 +7,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
 from tunewright.core.chat import end_of_turn_tokens, render
+from tunewright.serve.answers import LENGTH, STOP, Options, Piece
 from tunewright.serve.loading import ModelLoader
 from tunewright.serve.store import ModelRecord
-
-DEFAULT_MAX_NEW_TOKENS = 128
-MAX_NEW_TOKENS = 4096
-STOP, LENGTH = "stop", "length"
-
-
-@dataclass(frozen=True)
-class Options:
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Piece:
-    text: str
-    token_count: int
-    finish_reason: str | None = None
 
 
 class EmbeddedBackend:

@@ -11,11 +11,13 @@ probe before anything is stored."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,13 @@ from tunewright.core.errors import (
     TunewrightError,
     Unavailable,
 )
-from tunewright.core.files import write_text_atomic
 from tunewright.core.ids import parse_name
 from tunewright.core.timeutil import now
+from tunewright.exporters import Exported, ExporterRegistry, ExportFormat, MergedModel
 from tunewright.methods import Method, detect_runtime
-from tunewright.parameters import build_config
-from tunewright.serve.modelfile import modelfile_text, ollama_template
-from tunewright.serve.store import ATTACHED, FORMATS, MERGED, ModelRecord, ModelStore
+from tunewright.parameters import build_config, parse_options
+from tunewright.serve.modelfile import ollama_template
+from tunewright.serve.store import ATTACHED, ModelRecord, ModelStore, PushRecord
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 from tunewright.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
 
@@ -163,22 +165,51 @@ def verify(model: Any, artifact: Path, manifest: Manifest, job: str, what: str) 
     return difference, manifest.probe.tolerance
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What an export will do, decided before any transfer."""
+
+    method: Method
+    format: str
+    # The plugin laying the merged model out; None for "attached".
+    layout: ExportFormat | None
+    options: Any
+    base_folder: Path
+    architecture: str
+
+
 class Exporter:
-    def __init__(self, root: Path, store: ModelStore, trainer_address: str, methods: dict[str, Method]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: ModelStore,
+        trainer_address: str,
+        methods: dict[str, Method],
+        exporters: ExporterRegistry,
+    ) -> None:
         self.root = Path(root)
         self.store = store
         self.trainer_address = trainer_address
         self.methods = methods
+        self.formats = exporters.formats
+        self.targets = exporters.targets
         self.model_cache = self.root / "base-models"
-        # One export at a time: each holds a base model and a merged copy in memory.
+        # One export or push at a time: an export holds a base model and a merged copy in memory.
         self._lock = threading.Lock()
 
-    def export(self, request_id: str, job: str, model_id: str, format: str = "") -> ModelRecord:
+    def format_names(self) -> list[str]:
+        return [*self.formats, ATTACHED]
+
+    def export(
+        self, request_id: str, job: str, model_id: str, format: str = "", options: dict[str, str] | None = None
+    ) -> ModelRecord:
         # The lock also makes a retry wait for the first attempt, then find its result.
         with self._lock:
-            return self._export_locked(request_id, job, model_id, format)
+            return self._export_locked(request_id, job, model_id, format, options or {})
 
-    def _export_locked(self, request_id: str, job: str, model_id: str, format: str) -> ModelRecord:
+    def _export_locked(
+        self, request_id: str, job: str, model_id: str, format: str, options: dict[str, str]
+    ) -> ModelRecord:
         if existing := self.store.by_request(request_id):
             return existing
         job_id = parse_name(job, "jobs", field="job")
@@ -189,11 +220,12 @@ class Exporter:
                 reason="INVALID_MODEL_ID",
                 violations=[FieldViolation("model_id", "bad characters or length")],
             )
-        if format and format not in FORMATS:
+        if format and format not in self.format_names():
+            known = ", ".join(self.format_names())
             raise InvalidArgument(
-                f"format {format!r} is not one of: {', '.join(FORMATS)} (or empty for the method's default)",
+                f"format {format!r} is not one of: {known} (or empty for the method's default)",
                 reason="UNKNOWN_EXPORT_FORMAT",
-                violations=[FieldViolation("format", f"not one of: {', '.join(FORMATS)}")],
+                violations=[FieldViolation("format", f"not one of: {known}")],
             )
         if self.store.exists(model_id):
             raise AlreadyExists(
@@ -201,16 +233,16 @@ class Exporter:
                 reason="MODEL_EXISTS",
                 violations=[FieldViolation("model_id", "taken")],
             )
-        method, format = self._plan(job, format)
+        plan = self._plan(job, format, options)
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".export-"))
         try:
-            return self._export(staging, request_id, job, model_id, method, format)
+            return self._export(staging, request_id, job, model_id, plan)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _plan(self, job: str, format: str) -> tuple[Method, str]:
-        """The job's method and the format to write, refusing what cannot be done before
-        anything is transferred."""
+    def _plan(self, job: str, format: str, options: dict[str, str]) -> Plan:
+        """The job's method, the format and its options, refusing what cannot be done
+        before anything is transferred."""
         found = get_job(self.trainer_address, job)
         if found.state != trainer_pb.JOB_STATE_SUCCEEDED:
             state = trainer_pb.JobState.Name(found.state).removeprefix("JOB_STATE_")
@@ -224,27 +256,54 @@ class Exporter:
                 "install its plugin there",
                 reason="METHOD_NOT_INSTALLED",
             )
+        base_folder = resolve_base_model(found.base_model, self.model_cache)
+        architecture = _architecture(base_folder)
         capabilities = method.capabilities
-        format = format or (MERGED if capabilities.exportable else ATTACHED)
-        if format == MERGED and not capabilities.exportable:
+        format = format or self._default_format(method, base_folder)
+        if format == ATTACHED:
+            if capabilities.artifact_kind is ArtifactKind.FULL:
+                raise FailedPrecondition(
+                    f"{job} was trained with {method.name}, which saves a whole model: there is nothing to attach "
+                    "to a base; export it with format 'gguf' or 'safetensors'",
+                    reason="FORMAT_NOT_APPLICABLE",
+                    violations=[FieldViolation("format", "a whole model cannot be attached")],
+                )
+            if options:
+                raise InvalidArgument(
+                    "format 'attached' has no options",
+                    reason="INVALID_OPTION",
+                    violations=[FieldViolation("options", "")],
+                )
+            return Plan(method, format, None, None, base_folder, architecture)
+        if not capabilities.exportable:
             raise FailedPrecondition(
-                f"{job} was trained with {method.name}, which cannot be exported merged for Ollama: "
+                f"{job} was trained with {method.name}, which cannot be exported as {format!r}: "
                 f"{capabilities.not_exportable_reason}",
                 reason="NOT_EXPORTABLE",
                 violations=[FieldViolation("format", f"{method.name} results cannot be merged")],
             )
-        if format == ATTACHED and capabilities.artifact_kind is ArtifactKind.FULL:
-            raise FailedPrecondition(
-                f"{job} was trained with {method.name}, which saves a whole model: there is nothing to attach to "
-                "a base; export it with format 'merged'",
-                reason="FORMAT_NOT_APPLICABLE",
-                violations=[FieldViolation("format", "a whole model cannot be attached")],
-            )
-        return method, format
+        layout = self.formats[format]
+        config = parse_options(f"format {format!r}", layout.config_class, options)
+        layout.check(base_folder, config)
+        return Plan(method, format, layout, config, base_folder, architecture)
 
-    def _export(
-        self, staging: Path, request_id: str, job: str, model_id: str, method: Method, format: str
-    ) -> ModelRecord:
+    def _default_format(self, method: Method, base_folder: Path) -> str:
+        """gguf where the method and the base allow, else safetensors, else attached."""
+        if not method.capabilities.exportable:
+            return ATTACHED
+        for name in ("gguf", "safetensors"):
+            layout = self.formats.get(name)
+            if layout is None:
+                continue
+            try:
+                layout.check(base_folder, layout.config_class())
+            except FailedPrecondition:
+                continue
+            return name
+        return ATTACHED
+
+    def _export(self, staging: Path, request_id: str, job: str, model_id: str, plan: Plan) -> ModelRecord:
+        method = plan.method
         artifact = staging / ARTIFACT
         fetch_artifact(self.trainer_address, job, artifact)
         manifest = read_manifest(artifact, job)
@@ -256,27 +315,32 @@ class Exporter:
                 f"{error.message}; install the same plugin version as on the trainer",
                 reason="METHOD_PARAMETERS_REFUSED",
             ) from error
-        folder = resolve_base_model(manifest.base_model, self.model_cache)
-        tokenizer = load_tokenizer(folder)
+        tokenizer = load_tokenizer(plan.base_folder)
         trained = artifact / manifest.trained
         out = staging / "model"
-        text = ""
-        if format == MERGED:
-            template = ollama_template(tokenizer)  # refuses an untranslatable template before the merge
-            log.info("merging", job=job, method=method.name, base_model=manifest.base_model)
-            merged = method.merge(folder, config, trained)
-            difference, tolerance = verify(merged, artifact, manifest, job, "merged")
-            merged.save_pretrained(out, safe_serialization=True)
-            save_tokenizer(tokenizer, out)
-            text = modelfile_text(".", template, getattr(merged.config, "max_position_embeddings", None))
-            write_text_atomic(out / "Modelfile", text)
-        else:
+        out.mkdir()
+        template = None
+        if plan.layout is None:
             log.info("attaching", job=job, method=method.name, base_model=manifest.base_model)
-            rebuilt = method.load_trained(folder, config, trained, detect_runtime(), trainable=False)
+            rebuilt = method.load_trained(plan.base_folder, config, trained, detect_runtime(), trainable=False)
             difference, tolerance = verify(rebuilt, artifact, manifest, job, "attached")
-            out.mkdir()
             shutil.copytree(trained, out / manifest.trained)
             shutil.copy2(artifact / MANIFEST, out / MANIFEST)
+            exported = Exported()
+        else:
+            template = ollama_template(tokenizer)
+            log.info("merging", job=job, method=method.name, base_model=manifest.base_model, format=plan.format)
+            merged = method.merge(plan.base_folder, config, trained)
+            difference, tolerance = verify(merged, artifact, manifest, job, "merged")
+            merged_folder = staging / "merged"
+            merged.save_pretrained(merged_folder, safe_serialization=True)
+            save_tokenizer(tokenizer, merged_folder)
+            del merged
+            exported = plan.layout.write(
+                MergedModel(merged_folder, plan.architecture, _context_length(merged_folder), template),
+                plan.options,
+                out,
+            )
         final = self.root / "models" / model_id
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(final, ignore_errors=True)
@@ -289,12 +353,53 @@ class Exporter:
             method=method.name,
             directory=str(final.resolve()),
             files=files,
-            modelfile=text,
+            modelfile=exported.modelfile,
             create_time=now(),
-            format=format,
+            format=plan.format,
             method_parameters=manifest.method_parameters,
             max_divergence=difference,
             tolerance=tolerance,
+            gguf=exported.gguf,
+            chat_template=template,
+            notes=exported.notes,
         )
         self.store.add(record, request_id)
         return record
+
+    def push(self, model: str, target_name: str, options: dict[str, str]) -> tuple[ModelRecord, list[str]]:
+        """Hands an exported model to a push target; the export itself is never changed."""
+        record = self.store.get(parse_name(model, "models", field="model"))
+        target_name = target_name or "ollama"
+        target = self.targets.get(target_name)
+        if target is None:
+            known = ", ".join(self.targets) or "none"
+            raise InvalidArgument(
+                f"push target {target_name!r} is not one of: {known}",
+                reason="UNKNOWN_PUSH_TARGET",
+                violations=[FieldViolation("target", f"not one of: {known}")],
+            )
+        if record.format not in target.formats:
+            raise FailedPrecondition(
+                f"models/{record.id} is a {record.format!r} export; {target_name} takes "
+                f"{' or '.join(repr(f) for f in target.formats)}: export the job again with that format",
+                reason="FORMAT_NOT_ACCEPTED",
+            )
+        config = parse_options(f"push target {target_name!r}", target.config_class, options)
+        with self._lock:
+            pushed = target.push(
+                Path(record.directory),
+                Exported(modelfile=record.modelfile, gguf=record.gguf, notes=record.notes),
+                record.chat_template or ollama_template(load_tokenizer(Path(record.directory))),
+                config,
+            )
+            self.store.add_push(record.id, PushRecord(target_name, pushed.address, pushed.remote_name, now()))
+        return self.store.get(record.id), pushed.notes
+
+
+def _architecture(folder: Path) -> str:
+    architectures = json.loads((Path(folder) / "config.json").read_text()).get("architectures") or ["unknown"]
+    return architectures[0]
+
+
+def _context_length(folder: Path) -> int | None:
+    return json.loads((Path(folder) / "config.json").read_text()).get("max_position_embeddings")

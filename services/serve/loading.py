@@ -1,9 +1,10 @@
-"""Loading an exported model to answer with, by its format.
+"""Loading an exported model for the transformers backend, by its format.
 
-A "merged" model is a self-contained folder. An "attached" one is rebuilt from the base
-model and what was trained, by the method that trained it (``Method.load_trained``), so
-the serve host needs that method's plugin; it never imports a library that patches
-others (those load only in training workers).
+A safetensors export is a self-contained folder. An "attached" one is rebuilt from the
+base model and what was trained, by the method that trained it (``Method.load_trained``),
+so the serve host needs that method's plugin; it never imports a library that patches
+others (those load only in training workers). GGUF exports are served by llama.cpp
+(``llamacpp.py``), not here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tunewright.core.basemodel import load_model, load_tokenizer, resolve_base_m
 from tunewright.core.errors import FailedPrecondition
 from tunewright.methods import Method, detect_runtime
 from tunewright.parameters import build_config
-from tunewright.serve.store import MERGED, ModelRecord
+from tunewright.serve.store import ATTACHED, ModelRecord
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class ModelLoader:
 
     def load(self, record: ModelRecord) -> LoadedModel:
         directory = Path(record.directory)
-        if record.format == MERGED:
+        if record.format != ATTACHED:
             runtime = detect_runtime()
             return LoadedModel(load_model(directory).to(runtime.device).eval(), load_tokenizer(directory))
         method = self.methods.get(record.method)

@@ -7,7 +7,9 @@ import grpc
 from tunewright.core.errors import FieldViolation, InvalidArgument
 from tunewright.core.ids import parse_name
 from tunewright.core.timeutil import to_timestamp
-from tunewright.serve.backend import DEFAULT_MAX_NEW_TOKENS, LENGTH, MAX_NEW_TOKENS, STOP, EmbeddedBackend, Options
+from tunewright.parameters import ParameterSpec, default_json, parameter_specs
+from tunewright.serve.answering import Answerer
+from tunewright.serve.answers import DEFAULT_MAX_NEW_TOKENS, LENGTH, MAX_NEW_TOKENS, STOP, Options
 from tunewright.serve.export import Exporter
 from tunewright.serve.store import ModelRecord, ModelStore
 from tunewright.serve.v1 import serve_service_pb2 as pb
@@ -34,6 +36,24 @@ def model_pb(record: ModelRecord) -> pb.Model:
             if record.max_divergence is not None
             else None
         ),
+        template_family=(record.chat_template.family or "") if record.chat_template else "",
+        notes=record.notes,
+        pushes=[
+            pb.Push(
+                target=p.target,
+                address=p.address,
+                remote_name=p.remote_name,
+                create_time=to_timestamp(p.create_time),
+            )
+            for p in record.pushes
+        ],
+    )
+
+
+def option_pb(spec: ParameterSpec) -> pb.ExportOption:
+    default = spec.default if isinstance(spec.default, str) else default_json(spec)
+    return pb.ExportOption(
+        name=spec.name, type=spec.type, description=spec.description, default_value=default, choices=spec.choices
     )
 
 
@@ -57,17 +77,44 @@ def options_from_pb(options: pb.GenerationOptions) -> Options:
 
 
 class ServeServicer(pb_grpc.ServeServiceServicer):
-    def __init__(self, store: ModelStore, exporter: Exporter, backend: EmbeddedBackend) -> None:
+    def __init__(self, store: ModelStore, exporter: Exporter, answerer: Answerer) -> None:
         self.store = store
         self.exporter = exporter
-        self.backend = backend
+        self.answerer = answerer
 
     def _record(self, name: str) -> ModelRecord:
         return self.store.get(parse_name(name, "models", field="model"))
 
     def ExportModel(self, request, context):
-        record = self.exporter.export(request.request_id, request.job, request.model_id, request.format)
+        record = self.exporter.export(
+            request.request_id, request.job, request.model_id, request.format, dict(request.options)
+        )
         return pb.ExportModelResponse(model=model_pb(record))
+
+    def ListExportFormats(self, request, context):
+        return pb.ListExportFormatsResponse(
+            formats=[
+                pb.ExportFormat(
+                    name=f.name,
+                    description=f.description,
+                    options=[option_pb(s) for s in parameter_specs(f.config_class)],
+                )
+                for f in self.exporter.formats.values()
+            ],
+            targets=[
+                pb.PushTarget(
+                    name=t.name,
+                    description=t.description,
+                    options=[option_pb(s) for s in parameter_specs(t.config_class)],
+                    formats=t.formats,
+                )
+                for t in self.exporter.targets.values()
+            ],
+        )
+
+    def PushModel(self, request, context):
+        record, status = self.exporter.push(request.model, request.target, dict(request.options))
+        return pb.PushModelResponse(model=model_pb(record), status=status)
 
     def ListModels(self, request, context):
         records, token = self.store.list(request.page_size, request.page_token)
@@ -79,9 +126,13 @@ class ServeServicer(pb_grpc.ServeServiceServicer):
             raise InvalidArgument(
                 "prompt is empty", reason="EMPTY_PROMPT", violations=[FieldViolation("prompt", "required")]
             )
-        for piece in self.backend.generate(record, request.prompt, options_from_pb(request.options)):
+        backend, pieces = self.answerer.generate(record, request.prompt, options_from_pb(request.options))
+        for piece in pieces:
             yield pb.GenerateResponse(
-                text=piece.text, finish_reason=_FINISH[piece.finish_reason], token_count=piece.token_count
+                text=piece.text,
+                finish_reason=_FINISH[piece.finish_reason],
+                token_count=piece.token_count,
+                backend=backend,
             )
 
     def Chat(self, request, context):
@@ -100,9 +151,13 @@ class ServeServicer(pb_grpc.ServeServiceServicer):
                 violations=violations,
             )
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        for piece in self.backend.chat(record, messages, options_from_pb(request.options)):
+        backend, pieces = self.answerer.chat(record, messages, options_from_pb(request.options))
+        for piece in pieces:
             yield pb.ChatResponse(
-                text=piece.text, finish_reason=_FINISH[piece.finish_reason], token_count=piece.token_count
+                text=piece.text,
+                finish_reason=_FINISH[piece.finish_reason],
+                token_count=piece.token_count,
+                backend=backend,
             )
 
 

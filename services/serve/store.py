@@ -1,7 +1,8 @@
 """Exported models: records in SQLite, files under ``<root>/models/{id}/``.
 
-A model is "merged" (one self-contained folder) or "attached" (the folder holds what was
-trained; the base model and the method named in the record rebuild it when serving).
+A model is in an export format's layout (a GGUF, a safetensors folder: self-contained) or
+"attached" (the folder holds what was trained; the base model and the method named in the
+record rebuild it when serving). Pushes record where a model was handed over (Ollama).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from tunewright.core.db import Database
 from tunewright.core.errors import AlreadyExists, FieldViolation, NotFound
 from tunewright.core.paging import next_token, page_bounds
+from tunewright.serve.modelfile import OllamaTemplate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -38,10 +40,35 @@ MIGRATIONS = (
     ALTER TABLE models ADD COLUMN max_divergence REAL;
     ALTER TABLE models ADD COLUMN tolerance REAL
     """,
+    # 2: formats are named by layout ("merged" was the safetensors folder), a GGUF to serve
+    # with llama.cpp, the chat template sent to Ollama, notes, and where models were pushed.
+    """
+    UPDATE models SET format = 'safetensors' WHERE format = 'merged';
+    ALTER TABLE models ADD COLUMN gguf TEXT;
+    ALTER TABLE models ADD COLUMN chat_template TEXT;
+    ALTER TABLE models ADD COLUMN notes TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE pushes (
+        model_id TEXT NOT NULL REFERENCES models(id),
+        seq INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        address TEXT NOT NULL,
+        remote_name TEXT NOT NULL,
+        create_time TEXT NOT NULL,
+        PRIMARY KEY (model_id, seq)
+    )
+    """,
 )
 
-MERGED, ATTACHED = "merged", "attached"
-FORMATS = (MERGED, ATTACHED)
+# The format that keeps what was trained apart from the base; the others are export plugins.
+ATTACHED = "attached"
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    target: str
+    address: str
+    remote_name: str
+    create_time: str
 
 
 @dataclass(frozen=True)
@@ -54,15 +81,33 @@ class ModelRecord:
     files: list[tuple[str, int]]
     modelfile: str
     create_time: str
-    format: str = MERGED
+    format: str
     method_parameters: dict[str, Any] = field(default_factory=dict)
     # Largest KL divergence (nats) from the trained model on the probe, and the
     # tolerance it was held to; None for models exported before the check existed.
     max_divergence: float | None = None
     tolerance: float | None = None
+    # A GGUF file in the model's folder that llama.cpp can serve.
+    gguf: str | None = None
+    # The template, system prompt and stops sent to Ollama.
+    chat_template: OllamaTemplate | None = None
+    notes: list[str] = field(default_factory=list)
+    # Newest last.
+    pushes: list[PushRecord] = field(default_factory=list)
 
 
-def _model(row) -> ModelRecord:
+_TEMPLATE_FIELDS = ("template", "default_system", "stops", "family", "note")
+
+
+def _template_json(template: OllamaTemplate | None) -> str | None:
+    return json.dumps({name: getattr(template, name) for name in _TEMPLATE_FIELDS}) if template else None
+
+
+def _template_from_json(text: str | None) -> OllamaTemplate | None:
+    return OllamaTemplate(**json.loads(text)) if text else None
+
+
+def _model(row, pushes: list[PushRecord]) -> ModelRecord:
     return ModelRecord(
         id=row["id"],
         job=row["job"],
@@ -76,6 +121,10 @@ def _model(row) -> ModelRecord:
         method_parameters=json.loads(row["method_parameters"]),
         max_divergence=row["max_divergence"],
         tolerance=row["tolerance"],
+        gguf=row["gguf"],
+        chat_template=_template_from_json(row["chat_template"]),
+        notes=json.loads(row["notes"]),
+        pushes=pushes,
     )
 
 
@@ -83,11 +132,16 @@ class ModelStore:
     def __init__(self, path) -> None:
         self.db = Database(path, SCHEMA, MIGRATIONS)
 
+    def _with_pushes(self, row) -> ModelRecord:
+        rows = self.db.query("SELECT * FROM pushes WHERE model_id = ? ORDER BY seq", (row["id"],))
+        pushes = [PushRecord(r["target"], r["address"], r["remote_name"], r["create_time"]) for r in rows]
+        return _model(row, pushes)
+
     def by_request(self, request_id: str) -> ModelRecord | None:
         if not request_id:
             return None
         row = self.db.query_one("SELECT * FROM models WHERE request_id = ?", (request_id,))
-        return _model(row) if row else None
+        return self._with_pushes(row) if row else None
 
     def exists(self, model_id: str) -> bool:
         return self.db.query_one("SELECT 1 FROM models WHERE id = ?", (model_id,)) is not None
@@ -103,8 +157,8 @@ class ModelStore:
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM models").fetchone()[0]
             conn.execute(
                 "INSERT INTO models (id, seq, job, base_model, method, directory, files, modelfile, request_id,"
-                " create_time, format, method_parameters, max_divergence, tolerance)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " create_time, format, method_parameters, max_divergence, tolerance, gguf, chat_template, notes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     seq,
@@ -120,7 +174,20 @@ class ModelStore:
                     json.dumps(record.method_parameters),
                     record.max_divergence,
                     record.tolerance,
+                    record.gguf,
+                    _template_json(record.chat_template),
+                    json.dumps(record.notes),
                 ),
+            )
+
+    def add_push(self, model_id: str, push: PushRecord) -> None:
+        with self.db.transaction() as conn:
+            seq = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM pushes WHERE model_id = ?", (model_id,)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO pushes VALUES (?, ?, ?, ?, ?, ?)",
+                (model_id, seq, push.target, push.address, push.remote_name, push.create_time),
             )
 
     def get(self, model_id: str, field: str = "model") -> ModelRecord:
@@ -131,9 +198,9 @@ class ModelStore:
                 reason="MODEL_NOT_FOUND",
                 violations=[FieldViolation(field, "no such model")],
             )
-        return _model(row)
+        return self._with_pushes(row)
 
     def list(self, page_size: int, page_token: str) -> tuple[list[ModelRecord], str]:
         offset, limit = page_bounds(page_size, page_token)
         rows = self.db.query("SELECT * FROM models ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))
-        return [_model(r) for r in rows], next_token(offset, limit, len(rows))
+        return [self._with_pushes(r) for r in rows], next_token(offset, limit, len(rows))

@@ -1,0 +1,122 @@
+"""The merged model as a GGUF file, written by llama.cpp's own converter.
+
+The converter (``convert_hf_to_gguf.py`` with its ``gguf-py``) ships in the
+llama-cpp-python source distribution, the same llama.cpp that serves the file here;
+``make install`` unpacks it into ``<venv>/share/llama.cpp``. It knows what a hand-written
+conversion gets wrong: the Q and K permutation for llama.cpp's rotary layout, tied
+embeddings, the pre-tokenizer name (``smollm`` for SmolLM2: the hash of the tokenizer's
+behaviour picks it), the embedded Jinja chat template, ``general.file_type``. It runs as
+its own process and puts its own ``gguf-py`` first on the path, so the installed ``gguf``
+package cannot shadow the version it was written against.
+
+Only the Llama family is exported for now; other architectures are refused before any
+work, with the format to use instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunewright.core.errors import FailedPrecondition
+from tunewright.exporters import Exported, MergedModel
+from tunewright.serve.modelfile import modelfile_text
+
+# Architectures whose conversion and serving were checked end to end (tests/test_gguf.py).
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+TYPES = ("f16", "q8_0", "bf16")
+FILE = "model.gguf"
+CONVERTER_ENV = "TUNEWRIGHT_LLAMA_CPP"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+@dataclass
+class GgufOptions:
+    type: str = field(
+        default="f16",
+        metadata={
+            "help": "Tensor type: f16 (what Ollama can quantize further), q8_0 (half the size), or bf16.",
+            "choices": TYPES,
+        },
+    )
+
+
+def converter_folder() -> Path:
+    """Where llama.cpp's converter was unpacked: $TUNEWRIGHT_LLAMA_CPP, else <venv>/share/llama.cpp."""
+    return Path(os.environ.get(CONVERTER_ENV) or Path(sys.prefix) / "share" / "llama.cpp")
+
+
+class GgufFormat:
+    name = "gguf"
+    description = "The merged model as one GGUF file (llama.cpp's converter), with a Modelfile for Ollama."
+    config_class = GgufOptions
+
+    def check(self, base_folder: Path, config: GgufOptions) -> None:
+        architecture = (json.loads((base_folder / "config.json").read_text()).get("architectures") or ["?"])[0]
+        if architecture not in SUPPORTED_ARCHITECTURES:
+            raise FailedPrecondition(
+                f"GGUF export supports the Llama family ({', '.join(SUPPORTED_ARCHITECTURES)}) for now, not "
+                f"{architecture}; export with format 'safetensors' instead",
+                reason="UNSUPPORTED_ARCHITECTURE",
+            )
+        if not (converter_folder() / "convert_hf_to_gguf.py").is_file():
+            raise FailedPrecondition(
+                f"llama.cpp's converter is not at {converter_folder()}; run `make install`, or set "
+                f"{CONVERTER_ENV} to a llama.cpp checkout",
+                reason="GGUF_CONVERTER_MISSING",
+            )
+        problem = _vocabulary_problem(base_folder)
+        if problem:
+            raise FailedPrecondition(
+                f"llama.cpp's converter does not know this model's tokenizer, so a GGUF would tokenize "
+                f"differently from training: {problem}; export with format 'safetensors' instead",
+                reason="UNSUPPORTED_TOKENIZER",
+            )
+
+    def write(self, model: MergedModel, config: GgufOptions, out: Path) -> Exported:
+        result = _convert(model.folder, out / FILE, ["--outtype", config.type])
+        if result.returncode != 0 or not (out / FILE).is_file():
+            raise FailedPrecondition(
+                f"llama.cpp's converter could not write the GGUF (exit {result.returncode}): {_last_lines(result)}",
+                reason="GGUF_CONVERSION_FAILED",
+            )
+        # The tokenizer stays beside the GGUF: the llama.cpp backend renders and tokenizes
+        # with it, so the tokens evaluated are exactly the ones the model was trained on.
+        for name in TOKENIZER_FILES:
+            if (model.folder / name).is_file():
+                shutil.move(str(model.folder / name), out / name)
+        text = modelfile_text(f"./{FILE}", model.template, model.context_length)
+        (out / "Modelfile").write_text(text)
+        return Exported(modelfile=text, gguf=FILE, notes=[model.template.note] if model.template.note else [])
+
+
+def _convert(source: Path, outfile: Path, arguments: list[str]) -> subprocess.CompletedProcess:
+    folder = converter_folder()
+    command = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(source), "--outfile", str(outfile)]
+    # The converter puts its own gguf-py first on sys.path itself (unless NO_LOCAL_GGUF is set).
+    env = {key: value for key, value in os.environ.items() if key != "NO_LOCAL_GGUF"}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run([*command, *arguments], env=env, capture_output=True, text=True, check=False)
+
+
+def _last_lines(result: subprocess.CompletedProcess) -> str:
+    return " | ".join(result.stderr.strip().splitlines()[-3:])[-1500:]
+
+
+@functools.cache
+def _vocabulary_problem(base_folder: Path) -> str:
+    """Why the converter cannot write this base model's tokenizer, or "" when it can.
+
+    It picks the pre-tokenizer by hashing how the tokenizer splits a test text, and refuses
+    one it does not know; a vocabulary-only conversion finds out in about a second, before
+    a merge is paid for. Checked once per base model folder."""
+    with tempfile.TemporaryDirectory() as scratch:
+        result = _convert(base_folder, Path(scratch) / "vocab.gguf", ["--vocab-only"])
+    return "" if result.returncode == 0 else _last_lines(result)
