@@ -11,7 +11,7 @@ backend's input) and as a Q8_0 GGUF. Then:
   on each GGUF and transformers on the safetensors model over every prompt position, and
   the share of identical greedy 24-token continuations (``llamacpp.parity``);
 - speed, on the test tickets' questions, greedy:
-- in this process, straight through each backend (``LlamaCppBackend``, ``EmbeddedBackend``):
+- in this process, straight through each backend (``llama_cpp_backend``, ``transformers_backend``):
   new tokens per second after the first token, and the time to the first token;
 - through the serve service's ``Chat`` over gRPC on loopback: the time to the first
   streamed message, whose difference from the in-process figure is what gRPC adds.
@@ -55,8 +55,8 @@ def main() -> None:
     from tunewright.core.chat import prompt_and_reference, render
     from tunewright.plugin_manager import load_methods
     from tunewright.serve.answers import Options
-    from tunewright.serve.backend import EmbeddedBackend
-    from tunewright.serve.llamacpp import LlamaCppBackend, parity
+    from tunewright.serve.backend import transformers_backend
+    from tunewright.serve.llamacpp import llama_cpp_backend, parity
     from tunewright.serve.loading import ModelLoader
     from tunewright.serve.store import ModelStore
     from tunewright.serve.v1 import serve_service_pb2 as pb
@@ -94,9 +94,9 @@ def main() -> None:
 
         results = {}
         engines = {
-            "llama.cpp": (LlamaCppBackend(), gguf),
+            "llama.cpp": (llama_cpp_backend(), gguf),
             "transformers": (
-                EmbeddedBackend(ModelLoader(load_methods(), args.state_dir / "serve" / "base-models")),
+                transformers_backend(ModelLoader(load_methods(), args.state_dir / "serve" / "base-models")),
                 hf,
             ),
         }

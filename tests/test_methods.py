@@ -11,7 +11,7 @@ from tunewright import hookimpl, hookspecs
 from tunewright.core.errors import InvalidArgument
 from tunewright.methods import ArtifactKind, Capabilities
 from tunewright.parameters import build_config, parameter_specs
-from tunewright.plugin_manager import BLOCK_ENV, DEFAULT_PLUGINS, collect_methods, plugin_manager
+from tunewright.plugin_manager import BLOCK_ENV, DEFAULT_PLUGINS, collect_exporters, collect_methods, plugin_manager
 
 
 @dataclass
@@ -151,3 +151,34 @@ def test_every_hook_is_documented():
     assert hooks
     for hook in hooks:
         assert hook.__doc__ and len(hook.__doc__.strip()) > 40, hook.__name__
+
+
+class TarballFormat:
+    """A throwaway export format, as a team would add a layout of its own."""
+
+    name = "tarball"
+    description = "The merged model in one tar file."
+    config_class = EchoConfig
+
+    def check(self, base_folder, config):
+        return None
+
+    def write(self, model, config, out):
+        raise NotImplementedError
+
+
+class TarballPlugin:
+    @hookimpl
+    def tunewright_register_exporters(self, registry):
+        registry.add_format(TarballFormat())
+
+
+def test_a_plugin_adds_an_export_format_beside_the_built_in_ones():
+    pm = plugin_manager(load_entrypoints=False)
+    pm.register(TarballPlugin(), name="tarball-plugin")
+    exporters = collect_exporters(pm)
+    assert set(exporters.formats) == {"gguf", "safetensors", "tarball"}
+    assert set(exporters.targets) == {"ollama"}
+    pm.register(TarballPlugin(), name="tarball-again")
+    with pytest.raises(ValueError, match="two plugins register an export format named 'tarball'"):
+        collect_exporters(pm)

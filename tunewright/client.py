@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -17,6 +18,15 @@ from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 from tunewright.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc
 
 CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    # serve_pb.FinishReason: FINISH_REASON_STOP or FINISH_REASON_LENGTH.
+    finish_reason: int
+    # "ollama", "llama.cpp" or "transformers".
+    backend: str
 
 
 class Client:
@@ -68,7 +78,8 @@ class Client:
         ]
         return b"".join(chunks)
 
-    def chat_text(self, model: str, messages: list[dict[str, str]], max_new_tokens: int = 64) -> tuple[str, int]:
+    def ask(self, model: str, messages: list[dict[str, str]], max_new_tokens: int = 64) -> Answer:
+        """The whole answer to a conversation, greedy, with how it ended and who answered."""
         pieces = list(
             self.serve.Chat(
                 serve_pb.ChatRequest(
@@ -79,4 +90,8 @@ class Client:
                 timeout=600,
             )
         )
-        return "".join(p.text for p in pieces), pieces[-1].finish_reason
+        return Answer("".join(p.text for p in pieces), pieces[-1].finish_reason, pieces[-1].backend)
+
+    def chat_text(self, model: str, messages: list[dict[str, str]], max_new_tokens: int = 64) -> tuple[str, int]:
+        answer = self.ask(model, messages, max_new_tokens)
+        return answer.text, answer.finish_reason

@@ -55,23 +55,6 @@ def show_progress(step: int, total: int, loss: float, tokens_per_second: float) 
         print(f"  {bar}", flush=True)
 
 
-def ask(client: Client, model: str, messages: list[dict[str, str]], max_new_tokens: int = 64) -> tuple[str, int, str]:
-    """(answer, finish reason, backend that answered) from the serve service."""
-    from tunewright.serve.v1 import serve_service_pb2 as serve_pb
-
-    pieces = list(
-        client.serve.Chat(
-            serve_pb.ChatRequest(
-                model=model,
-                messages=[serve_pb.ChatMessage(**m) for m in messages],
-                options=serve_pb.GenerationOptions(max_new_tokens=max_new_tokens),
-            ),
-            timeout=600,
-        )
-    )
-    return "".join(p.text for p in pieces).strip(), pieces[-1].finish_reason, pieces[-1].backend
-
-
 def push_to_ollama(client: Client, model):
     """Registers a GGUF export with the Ollama at $OLLAMA_HOST (or the default address) when
     one answers; returns the model with its push, or None."""
@@ -185,14 +168,12 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
     pushed = push_to_ollama(client, model)
     if pushed is not None:
         model = pushed
-    answer, finish, backend = ask(
-        client, model.name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
-    )
+    reply = client.ask(model.name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
     # Every test prompt through the GGUF as llama.cpp (or Ollama) serves it: does it stop by itself?
     stopped = None
     if model.format == "gguf":
         stopped = sum(
-            ask(client, model.name, prompt_and_reference(p["messages"])[0])[1] == serve_pb.FINISH_REASON_STOP
+            client.ask(model.name, prompt_and_reference(p["messages"])[0]).finish_reason == serve_pb.FINISH_REASON_STOP
             for p in predictions
         )
     evaluation = job.evaluation
@@ -215,12 +196,12 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         "training_seconds": round(train_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
         "question": QUESTION,
-        "answer": answer,
-        "answer_finish_reason": serve_pb.FinishReason.Name(finish),
-        "answer_backend": backend,
+        "answer": reply.text,
+        "answer_finish_reason": serve_pb.FinishReason.Name(reply.finish_reason),
+        "answer_backend": reply.backend,
         "test_prompts_stopped": None
         if stopped is None
-        else {"stopped": stopped, "of": len(predictions), "max_new_tokens": 64, "backend": backend},
+        else {"stopped": stopped, "of": len(predictions), "max_new_tokens": 64, "backend": reply.backend},
         "template_family": model.template_family,
         "pushes": [{"target": p.target, "address": p.address, "name": p.remote_name} for p in model.pushes],
         "modelfile": model.modelfile,
@@ -250,9 +231,11 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         print("\nModelfile:\n" + "\n".join(f"  {line}" for line in model.modelfile.splitlines()))
     for push in model.pushes:
         print(f"registered with Ollama at {push.address} as {push.remote_name}: ollama run {push.remote_name}")
-    print(f"\nQ: {QUESTION}\nA ({backend}): {answer}")
+    print(f"\nQ: {QUESTION}\nA ({reply.backend}): {reply.text}")
     if stopped is not None:
-        print(f"stopped by itself on {stopped} of {len(predictions)} test prompts ({backend}, at most 64 new tokens)")
+        print(
+            f"stopped by itself on {stopped} of {len(predictions)} test prompts ({reply.backend}, at most 64 new tokens)"
+        )
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults written to {Path(args.results).resolve()}")
     return 0

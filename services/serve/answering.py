@@ -11,42 +11,50 @@ In order of preference:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from tunewright.exporters import Pushed, PushTarget
-from tunewright.serve.answers import LLAMA_CPP, TRANSFORMERS, Options, Piece
-from tunewright.serve.backend import EmbeddedBackend
-from tunewright.serve.llamacpp import LlamaCppBackend
+from tunewright.serve.answers import LLAMA_CPP, TRANSFORMERS, Options, Piece, TokenBackend
 from tunewright.serve.store import ModelRecord
 
 
+@dataclass(frozen=True)
+class _ThroughTarget:
+    """A push target answering for one pushed model, shaped like the in-process backends."""
+
+    target: PushTarget
+    pushed: Pushed
+
+    def chat(self, record: ModelRecord, messages: list[dict[str, str]], options: Options) -> Iterator[Piece]:
+        return self.target.chat(self.pushed, messages, options)
+
+    def generate(self, record: ModelRecord, prompt: str, options: Options) -> Iterator[Piece]:
+        return self.target.generate(self.pushed, prompt, options)
+
+
 class Answerer:
-    def __init__(self, transformers: EmbeddedBackend, llama_cpp: LlamaCppBackend, targets: dict[str, PushTarget]):
+    def __init__(self, transformers: TokenBackend, llama_cpp: TokenBackend, targets: dict[str, PushTarget]):
         self.transformers = transformers
         self.llama_cpp = llama_cpp
         self.targets = targets
 
-    def _pushed(self, record: ModelRecord) -> tuple[PushTarget, Pushed] | None:
+    def engine(self, record: ModelRecord) -> tuple[str, TokenBackend | _ThroughTarget]:
+        """(the backend's name, as responses report it; the backend)."""
         for push in reversed(record.pushes):
             target = self.targets.get(push.target)
             pushed = Pushed(address=push.address, remote_name=push.remote_name)
             if target is not None and target.reachable(pushed):
-                return target, pushed
-        return None
+                return target.name, _ThroughTarget(target, pushed)
+        if record.gguf:
+            return LLAMA_CPP, self.llama_cpp
+        return TRANSFORMERS, self.transformers
 
     def chat(
         self, record: ModelRecord, messages: list[dict[str, str]], options: Options
     ) -> tuple[str, Iterator[Piece]]:
-        if found := self._pushed(record):
-            target, pushed = found
-            return target.name, target.chat(pushed, messages, options)
-        if record.gguf:
-            return LLAMA_CPP, self.llama_cpp.chat(record, messages, options)
-        return TRANSFORMERS, self.transformers.chat(record, messages, options)
+        name, engine = self.engine(record)
+        return name, engine.chat(record, messages, options)
 
     def generate(self, record: ModelRecord, prompt: str, options: Options) -> tuple[str, Iterator[Piece]]:
-        if found := self._pushed(record):
-            target, pushed = found
-            return target.name, target.generate(pushed, prompt, options)
-        if record.gguf:
-            return LLAMA_CPP, self.llama_cpp.generate(record, prompt, options)
-        return TRANSFORMERS, self.transformers.generate(record, prompt, options)
+        name, engine = self.engine(record)
+        return name, engine.generate(record, prompt, options)

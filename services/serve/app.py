@@ -7,9 +7,9 @@ from pathlib import Path
 from tunewright.core.server import Server, create_server
 from tunewright.plugin_manager import collect_exporters, collect_methods, plugin_manager
 from tunewright.serve.answering import Answerer
-from tunewright.serve.backend import EmbeddedBackend
+from tunewright.serve.backend import transformers_backend
 from tunewright.serve.export import Exporter
-from tunewright.serve.llamacpp import LlamaCppBackend
+from tunewright.serve.llamacpp import llama_cpp_backend
 from tunewright.serve.loading import ModelLoader
 from tunewright.serve.servicer import SERVICE_NAME, ServeServicer, register
 from tunewright.serve.store import ModelStore
@@ -23,7 +23,7 @@ def start_serve(address: str, data_dir: Path, trainer_service: str) -> Server:
     methods = collect_methods(plugins)
     exporter = Exporter(data_dir, store, trainer_service, methods, collect_exporters(plugins))
     answerer = Answerer(
-        EmbeddedBackend(ModelLoader(methods, exporter.model_cache)), LlamaCppBackend(), exporter.targets
+        transformers_backend(ModelLoader(methods, exporter.model_cache)), llama_cpp_backend(), exporter.targets
     )
     servicer = ServeServicer(store, exporter, answerer)
     return create_server(address, register(servicer), [SERVICE_NAME])

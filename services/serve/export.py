@@ -42,6 +42,7 @@ from tunewright.core.timeutil import now
 from tunewright.exporters import Exported, ExporterRegistry, ExportFormat, MergedModel
 from tunewright.methods import Method, detect_runtime
 from tunewright.parameters import build_config, parse_options
+from tunewright.serve.loading import installed_method
 from tunewright.serve.modelfile import ollama_template
 from tunewright.serve.store import ATTACHED, ModelRecord, ModelStore, PushRecord
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
@@ -249,13 +250,7 @@ class Exporter:
             raise FailedPrecondition(
                 f"{job} is {state}; only a job that SUCCEEDED can be exported", reason="JOB_NOT_SUCCEEDED"
             )
-        method = self.methods.get(found.method)
-        if method is None:
-            raise FailedPrecondition(
-                f"{job} was trained with method {found.method!r}, which is not installed on the serve host; "
-                "install its plugin there",
-                reason="METHOD_NOT_INSTALLED",
-            )
+        method = installed_method(self.methods, found.method, job)
         base_folder = resolve_base_model(found.base_model, self.model_cache)
         architecture = _architecture(base_folder)
         capabilities = method.capabilities

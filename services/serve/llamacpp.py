@@ -10,15 +10,13 @@ the chat template, as the transformers backend does.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunewright.core.basemodel import load_tokenizer
-from tunewright.core.chat import end_of_turn_tokens, render
-from tunewright.serve.answers import LENGTH, STOP, Options, Piece
+from tunewright.serve.answers import Options, TokenBackend
 from tunewright.serve.store import ModelRecord
 
 
@@ -38,63 +36,21 @@ def open_gguf(path: Path, context_length: int, logits_all: bool = False):
     )
 
 
-class LlamaCppBackend:
-    def __init__(self, max_loaded: int = 2, context_length: int = 2048) -> None:
-        self.max_loaded = max_loaded
-        self.context_length = context_length
-        self._loaded: OrderedDict[str, tuple] = OrderedDict()
-        # One generation at a time: each call uses every core.
-        self._lock = threading.Lock()
-
-    def _load(self, record: ModelRecord) -> tuple:
-        if record.id in self._loaded:
-            self._loaded.move_to_end(record.id)
-            return self._loaded[record.id]
+def llama_cpp_backend(context_length: int = 2048, max_loaded: int = 2) -> TokenBackend:
+    def load(record: ModelRecord) -> tuple[Any, Any]:
         directory = Path(record.directory)
-        tokenizer = load_tokenizer(directory)
-        stops = {tokenizer.convert_tokens_to_ids(t) for t in end_of_turn_tokens(tokenizer)} or {tokenizer.eos_token_id}
-        model = open_gguf(directory / record.gguf, self.context_length)
-        self._loaded[record.id] = (model, tokenizer, stops)
-        while len(self._loaded) > self.max_loaded:
-            self._loaded.popitem(last=False)
-        return self._loaded[record.id]
+        return open_gguf(directory / record.gguf, context_length), load_tokenizer(directory)
 
-    def chat(self, record: ModelRecord, messages: list[dict[str, str]], options: Options) -> Iterator[Piece]:
-        with self._lock:
-            _, tokenizer, _ = self._load(record)
-        prompt = render(tokenizer, messages, generation_prompt=True)
-        yield from self._generate(record, prompt, options, add_special_tokens=False)
+    return TokenBackend(load, tokens, max_loaded)
 
-    def generate(self, record: ModelRecord, prompt: str, options: Options) -> Iterator[Piece]:
-        yield from self._generate(record, prompt, options, add_special_tokens=True)
 
-    def _generate(
-        self, record: ModelRecord, prompt: str, options: Options, add_special_tokens: bool
-    ) -> Iterator[Piece]:
-        with self._lock:
-            model, tokenizer, stops = self._load(record)
-            input_ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
-            model.set_seed(options.seed)
-            tokens: list[int] = []
-            sent = ""
-            # Only temperature and top-p shape sampling, as in the transformers backend.
-            sampled = model.generate(
-                input_ids, temp=options.temperature, top_p=options.top_p, top_k=0, min_p=0.0, repeat_penalty=1.0
-            )
-            for token in sampled:
-                if token in stops:
-                    yield Piece("", len(tokens), STOP)
-                    return
-                tokens.append(token)
-                text = tokenizer.decode(tokens, skip_special_tokens=True)
-                # Hold back a partial UTF-8 character until its remaining bytes arrive.
-                if not text.endswith("\ufffd") and len(text) > len(sent):
-                    yield Piece(text[len(sent) :], len(tokens))
-                    sent = text
-                if len(tokens) >= options.max_new_tokens:
-                    break
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            yield Piece(text[len(sent) :], len(tokens), LENGTH)
+def tokens(model: Any, input_ids: list[int], options: Options) -> Iterator[int]:
+    """llama.cpp's next tokens; only temperature and top-p shape sampling, as in the
+    transformers backend."""
+    model.set_seed(options.seed)
+    yield from model.generate(
+        input_ids, temp=options.temperature, top_p=options.top_p, top_k=0, min_p=0.0, repeat_penalty=1.0
+    )
 
 
 @dataclass(frozen=True)

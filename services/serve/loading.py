@@ -28,6 +28,17 @@ class LoadedModel:
     tokenizer: Any
 
 
+def installed_method(methods: dict[str, Method], name: str, what: str) -> Method:
+    """The method ``what`` (a job, a model) needs, or why the serve host cannot use it."""
+    if name not in methods:
+        raise FailedPrecondition(
+            f"{what} needs method {name!r}, which is not installed on the serve host; install its plugin "
+            "and restart the serve service",
+            reason="METHOD_NOT_INSTALLED",
+        )
+    return methods[name]
+
+
 class ModelLoader:
     def __init__(self, methods: dict[str, Method], model_cache: Path) -> None:
         self.methods = methods
@@ -38,13 +49,7 @@ class ModelLoader:
         if record.format != ATTACHED:
             runtime = detect_runtime()
             return LoadedModel(load_model(directory).to(runtime.device).eval(), load_tokenizer(directory))
-        method = self.methods.get(record.method)
-        if method is None:
-            raise FailedPrecondition(
-                f"models/{record.id} is attached to method {record.method!r}, which is not installed on the serve "
-                "host; install its plugin and restart the serve service",
-                reason="METHOD_NOT_INSTALLED",
-            )
+        method = installed_method(self.methods, record.method, f"models/{record.id}")
         manifest = contract.from_json((directory / MANIFEST).read_bytes(), Manifest)
         folder = resolve_base_model(record.base_model, self.model_cache)
         config = build_config(method, record.method_parameters)
