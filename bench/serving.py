@@ -66,7 +66,9 @@ def main() -> None:
     gguf = next((m for m in store.list(100, "")[0] if m.format == "gguf"), None)
     if gguf is None:
         sys.exit(f"no GGUF export in {args.state_dir}; run `make demo` first")
-    stack = Stack(args.state_dir, ports={n: free_port() for n in ("data", "trainer", "serve")})
+    stack = Stack(
+        args.state_dir, ports={n: free_port() for n in ("data", "trainer", "serve")}, log_dir=args.state_dir / "logs"
+    )
     stack.start()
     client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
     try:
