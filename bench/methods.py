@@ -1,7 +1,7 @@
 """Every fine-tuning method on SmolLM2-135M, beside a plain Hugging Face Trainer + PEFT LoRA
 reference, in one run on the same data, batch size and steps.
 
-    .venv/bin/python bench/methods.py [--steps 20] [--batch-size 8] [--methods lora,qlora,...]
+    .venv/bin/python bench/methods.py [--steps 30] [--warmup 10] [--batch-size 8] [--methods lora,qlora,...]
 
 Each run is its own process, so that peak memory is that method's alone and Unsloth's
 patches stay in its process. A method trains through what a job uses: its ``load_base`` and
@@ -11,7 +11,8 @@ reference is what a user would write instead: ``transformers.Trainer`` with a pe
 longest example, the loss on assistant tokens only. Every run sees the same batches in the
 same order.
 
-Figures per run: real (unpadded) tokens per second, median over the steps after the first;
+Figures per run: real (unpadded) tokens per second, median over the timed steps
+(the untimed warm-up steps come first, all in one epoch: every run sees each example once);
 peak resident memory of the process; and the same above the process's memory once torch
 and transformers are imported, before the model loads, which is what the run itself added.
 A benchmark, not a test: numbers go in bench/README.md, with the command.
@@ -47,6 +48,8 @@ def current_rss_bytes() -> int:
 def batches(examples: list, batch_size: int, steps: int, seed: int) -> list[list]:
     """The examples of each step, in the order the trainer's loop draws them in its first
     epoch (``training.train`` shuffles with ``random.Random(seed)``)."""
+    if steps * batch_size > len(examples):
+        sys.exit(f"{steps} steps of {batch_size} need more than one epoch of {len(examples)} examples")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     return [[examples[i] for i in order[s * batch_size : (s + 1) * batch_size]] for s in range(steps)]
@@ -61,7 +64,7 @@ def load_examples(folder: Path) -> tuple[object, list]:
     return tokenizer, [tokenize_for_training(tokenizer, json.loads(line)["messages"], 512) for line in lines]
 
 
-def run_method(name: str, folder: Path, steps: int, batch_size: int) -> dict:
+def run_method(name: str, folder: Path, steps: int, warmup: int, batch_size: int) -> dict:
     """One method through its own loading and preparing and the trainer's loop."""
     from tunewright.contract import Hyperparameters
     from tunewright.methods import detect_runtime
@@ -84,9 +87,9 @@ def run_method(name: str, folder: Path, steps: int, batch_size: int) -> dict:
     model = method.prepare(method.load_base(folder, config, detect_runtime()), config)
     seen = []
     # The loop draws its batches as ``batches`` does: the reference gets the same ones.
-    hp = Hyperparameters(epochs=1, batch_size=batch_size, max_steps=steps + 1, evaluate=False, seed=0)
+    hp = Hyperparameters(epochs=1, batch_size=batch_size, max_steps=warmup + steps, evaluate=False, seed=0)
     training.train(model, examples, hp, tokenizer.pad_token_id, seen.append)
-    rates = [p.tokens_per_second for p in seen[1:]]
+    rates = [p.tokens_per_second for p in seen[warmup:]]
     return {
         "run": name,
         "tokens_per_second": statistics.median(rates),
@@ -103,7 +106,7 @@ def _compute_dtype(model) -> str:
     return probe.compute_dtype(model)
 
 
-def run_reference(folder: Path, steps: int, batch_size: int) -> dict:
+def run_reference(folder: Path, steps: int, warmup: int, batch_size: int) -> dict:
     """transformers.Trainer + peft LoRA, as a user would write it, on the same batches."""
     import peft
     import torch
@@ -116,7 +119,7 @@ def run_reference(folder: Path, steps: int, batch_size: int) -> dict:
 
     baseline = current_rss_bytes()
     tokenizer, examples = load_examples(folder)
-    drawn = [e for batch in batches(examples, batch_size, steps + 1, seed=0) for e in batch]
+    drawn = [e for batch in batches(examples, batch_size, warmup + steps, seed=0) for e in batch]
     torch.manual_seed(0)
     model = peft.get_peft_model(
         load_model(folder),
@@ -148,10 +151,10 @@ def run_reference(folder: Path, steps: int, batch_size: int) -> dict:
     arguments = TrainingArguments(
         output_dir=str(folder.parent / "hf-trainer-bench"),
         per_device_train_batch_size=batch_size,
-        max_steps=steps + 1,
+        max_steps=warmup + steps,
         learning_rate=1e-3,
         lr_scheduler_type="linear",
-        warmup_steps=max(1, (steps + 1) // 10),
+        warmup_steps=max(1, (warmup + steps) // 10),
         weight_decay=0.0,
         max_grad_norm=1.0,
         optim="adamw_torch",
@@ -171,7 +174,7 @@ def run_reference(folder: Path, steps: int, batch_size: int) -> dict:
         callbacks=[timer],
     )
     trainer.train()
-    rates = [t / s for t, s in zip(tokens[1:], timer.seconds[1:], strict=False)]
+    rates = [t / s for t, s in zip(tokens[warmup:], timer.seconds[warmup:], strict=False)]
     return {
         "run": REFERENCE,
         "tokens_per_second": statistics.median(rates),
@@ -187,15 +190,21 @@ def child(args: argparse.Namespace) -> None:
 
     folder = resolve_base_model(DEFAULT_BASE_MODEL, args.cache)
     if args.child == REFERENCE:
-        result = run_reference(folder, args.steps, args.batch_size)
+        result = run_reference(folder, args.steps, args.warmup, args.batch_size)
     else:
-        result = run_method(args.child, folder, args.steps, args.batch_size)
+        result = run_method(args.child, folder, args.steps, args.warmup, args.batch_size)
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per run (one more is run first)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="untimed steps first: Unsloth's compiled kernels and the allocators take several steps to settle",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--cache", type=Path, default=REPO / ".tunewright" / "bench-cache")
@@ -210,7 +219,7 @@ def main() -> None:
 
     results = []
     for run in [REFERENCE, *args.methods.split(",")]:
-        command = [sys.executable, __file__, "--child", run, "--steps", str(args.steps)]
+        command = [sys.executable, __file__, "--child", run, "--steps", str(args.steps), "--warmup", str(args.warmup)]
         command += ["--batch-size", str(args.batch_size), "--cache", str(args.cache)]
         print(f"running {run} ...", file=sys.stderr, flush=True)
         output = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -223,7 +232,7 @@ def main() -> None:
     lora = next((r for r in results if r["run"] == "lora"), None)
     gib = 2**30
     print(
-        f"SmolLM2-135M, {args.steps} timed steps of batch {args.batch_size}, torch {torch.__version__}, "
+        f"SmolLM2-135M, {args.steps} timed steps after {args.warmup} untimed, batch {args.batch_size}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
     print(
@@ -241,7 +250,9 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(
-            json.dumps({"steps": args.steps, "batch_size": args.batch_size, "runs": results}, indent=2)
+            json.dumps(
+                {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "runs": results}, indent=2
+            )
         )
 
 
