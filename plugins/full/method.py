@@ -28,7 +28,9 @@ class FullMethod:
     description = "Full fine-tuning: trains every weight; saves the whole model. Most memory, most capacity."
     config_class = FullConfig
     capabilities = Capabilities(artifact_kind=ArtifactKind.FULL, mergeable=True, exportable=True)
-    default_learning_rate = 2e-5
+    # Measured on the demo (SmolLM2-135M, 2 epochs): 2e-5 underfits (test loss 1.60, 76% accuracy,
+    # one answer in 42 that never stops); 1e-4 reaches 0.80 and 93%, every answer stops.
+    default_learning_rate = 1e-4
 
     def load_base(self, folder: Path, config: FullConfig, runtime: Runtime) -> Any:
         return load_model(folder, dtype=_dtype(runtime)).to(runtime.device)
