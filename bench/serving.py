@@ -2,7 +2,7 @@
 llama.cpp answers with it against the transformers loop; plus what gRPC adds.
 
     make demo   # once: leaves a fine-tuned, GGUF-exported model in .tunewright/demo
-    .venv/bin/python bench/serving.py [--state-dir .tunewright/demo] [--prompts 12] [--new-tokens 64]
+    .venv/bin/python bench/serving.py [--state-dir .tunewright/demo] [--model ID] [--prompts 12] [--new-tokens 64]
 
 It starts the three services on the demo's state and exports the demo's job twice more: as
 a safetensors folder (the Hugging Face model the GGUF came from, and the transformers
@@ -46,6 +46,7 @@ def timed(pieces) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=REPO / ".tunewright" / "demo")
+    parser.add_argument("--model", help="the GGUF model to measure (default: the first exported)")
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
@@ -63,9 +64,11 @@ def main() -> None:
     from tunewright.stack import Stack, free_port
 
     store = ModelStore(args.state_dir / "serve" / "serve.sqlite3")
-    gguf = next((m for m in store.list(100, "")[0] if m.format == "gguf"), None)
-    if gguf is None:
-        sys.exit(f"no GGUF export in {args.state_dir}; run `make demo` first")
+    # The demo's own export: the first GGUF, not the Q8_0 copy an earlier run of this made.
+    ggufs = [m for m in store.list(1000, "")[0] if m.format == "gguf" and (args.model in (None, m.id))]
+    if not ggufs:
+        sys.exit(f"no GGUF export {args.model or ''} in {args.state_dir}; run `make demo` first")
+    gguf = min(ggufs, key=lambda m: m.create_time)
     stack = Stack(
         args.state_dir, ports={n: free_port() for n in ("data", "trainer", "serve")}, log_dir=args.state_dir / "logs"
     )
