@@ -2,7 +2,7 @@
 llama.cpp answers with it against the transformers loop; plus what gRPC adds.
 
     make demo   # once: leaves a fine-tuned, GGUF-exported model in .tunewright/demo
-    .venv/bin/python bench/serving.py [--state-dir .tunewright/demo] [--model ID] [--prompts 12] [--new-tokens 64]
+    .venv/bin/python bench/serving.py [--state-dir .tunewright/demo] [--model ID] [--prompts 12] [--new-tokens 64] [--rounds 3]
 
 It starts the three services on the demo's state and exports the demo's job twice more: as
 a safetensors folder (the Hugging Face model the GGUF came from, and the transformers
@@ -12,7 +12,8 @@ backend's input) and as a Q8_0 GGUF. Then:
   the share of identical greedy 24-token continuations (``llamacpp.parity``);
 - speed, on the test tickets' questions, greedy:
 - in this process, straight through each backend (``llama_cpp_backend``, ``transformers_backend``):
-  new tokens per second after the first token, and the time to the first token;
+  new tokens per second after the first token, and the time to the first token, in
+  rounds where the two take turns (medians; the speed ratio per round and its median);
 - through the serve service's ``Chat`` over gRPC on loopback: the time to the first
   streamed message, whose difference from the in-process figure is what gRPC adds.
 A benchmark, not a test: the figures go in bench/README.md with this command.
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=REPO / ".tunewright" / "demo")
     parser.add_argument("--model", help="the GGUF model to measure (default: the first exported)")
     parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3, help="speed rounds; the engines take turns in each")
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
 
@@ -105,9 +107,21 @@ def main() -> None:
                 hf,
             ),
         }
-        for name, (backend, record) in engines.items():
+        for backend, record in engines.values():
             list(backend.chat(record, prompts[0], options))  # load and warm up
-            runs = [timed(backend.chat(record, p, options)) for p in prompts]
+        # The engines take turns, round after round: a noisy neighbour slows both alike,
+        # and the ratio is read per round.
+        rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
+        for _ in range(args.rounds):
+            for name, (backend, record) in engines.items():
+                runs = [timed(backend.chat(record, p, options)) for p in prompts]
+                rounds[name].append(
+                    (
+                        statistics.median((t - 1) / d for _, d, t in runs if t > 1 and d > 0),
+                        statistics.median(f for f, _, _ in runs),
+                    )
+                )
+        for name, (_backend, record) in engines.items():
             grpc_first = []
             for p in [prompts[0], *prompts]:  # the first loads the model in the serve service
                 request = pb.ChatRequest(
@@ -121,13 +135,12 @@ def main() -> None:
                 grpc_first.append(time.perf_counter() - started)
                 for _ in stream:
                     pass
-            grpc_first = grpc_first[1:]
             results[name] = {
-                "decode_tokens_per_second": statistics.median((t - 1) / d for _, d, t in runs if t > 1 and d > 0),
-                "first_token_ms_in_process": 1000 * statistics.median(f for f, _, _ in runs),
-                "first_token_ms_over_grpc": 1000 * statistics.median(grpc_first),
-                "mean_new_tokens": statistics.mean(t for _, _, t in runs),
+                "decode_tokens_per_second": statistics.median(rate for rate, _ in rounds[name]),
+                "first_token_ms_in_process": 1000 * statistics.median(first for _, first in rounds[name]),
+                "first_token_ms_over_grpc": 1000 * statistics.median(grpc_first[1:]),
             }
+        ratios = [fast / slow for (fast, _), (slow, _) in zip(rounds["llama.cpp"], rounds["transformers"], strict=True)]
     finally:
         client.close()
         stack.stop()
@@ -139,7 +152,6 @@ def main() -> None:
             f"identical greedy {measured.continuation_tokens}-token continuations "
             f"{measured.identical_continuations:.0%} of {measured.prompts}"
         )
-    speedup = results["llama.cpp"]["decode_tokens_per_second"] / results["transformers"]["decode_tokens_per_second"]
     print(
         f"model {gguf.id} ({gguf.method}, from {gguf.base_model}); {args.prompts} prompts, greedy, <= {args.new_tokens} tokens"
     )
@@ -150,7 +162,10 @@ def main() -> None:
             f"{name:14}{r['decode_tokens_per_second']:>10.1f}{r['first_token_ms_in_process']:>18.1f}"
             f"{r['first_token_ms_over_grpc']:>16.1f}{added:>16.1f}"
         )
-    print(f"llama.cpp / transformers: {speedup:.1f}x tokens per second")
+    print(
+        f"llama.cpp / transformers, tokens per second: {statistics.median(ratios):.1f}x "
+        f"(median of {args.rounds} rounds: {', '.join(f'{r:.1f}x' for r in ratios)})"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ def open_gguf(path: Path, context_length: int, logits_all: bool = False):
         n_threads=threads,
         n_threads_batch=threads,
         n_gpu_layers=-1,
+        # Measured on the demo's GGUF, 2 CPU threads: 131 against 121 tokens/s without it.
+        flash_attn=True,
         logits_all=logits_all,
         verbose=False,
     )
