@@ -10,12 +10,15 @@ backend's input) and as a Q8_0 GGUF. Then:
 - fidelity, on the job's held-out test prompts: top-1 next-token agreement between llama.cpp
   on each GGUF and transformers on the safetensors model over every prompt position, and
   the share of identical greedy 24-token continuations (``llamacpp.parity``);
+- answers, on the same prompts as served (greedy, stopping at the end of the turn, at most
+  64 tokens): the share identical to transformers' answers, and the demo's urgency accuracy;
 - speed, on the test tickets' questions, greedy:
-- in this process, straight through each backend (``llama_cpp_backend``, ``transformers_backend``):
-  new tokens per second after the first token, and the time to the first token, in
-  rounds where the two take turns (medians; the speed ratio per round and its median);
-- through the serve service's ``Chat`` over gRPC on loopback: the time to the first
-  streamed message, whose difference from the in-process figure is what gRPC adds.
+  - in this process, straight through each backend (``llama_cpp_backend`` on the F16 and the
+    Q8_0 GGUF, ``transformers_backend``): new tokens per second after the first token, and
+    the time to the first token, in rounds where the engines take turns (medians; the speed
+    ratio to transformers per round and its median);
+  - through the serve service's ``Chat`` over gRPC on loopback: the time to the first
+    streamed message, whose difference from the in-process figure is what gRPC adds.
 A benchmark, not a test: the figures go in bench/README.md with this command.
 """
 
@@ -56,6 +59,7 @@ def main() -> None:
     from tunewright.client import Client
     from tunewright.core.basemodel import load_tokenizer
     from tunewright.core.chat import prompt_and_reference, render
+    from tunewright.demo import urgency
     from tunewright.plugin_manager import load_methods
     from tunewright.serve.answers import Options
     from tunewright.serve.backend import transformers_backend
@@ -84,10 +88,13 @@ def main() -> None:
                     pb.ExportModelRequest(job=gguf.job, model_id=f"{gguf.id}-{suffix}", **request), timeout=900
                 )
         hf, q8 = store.get(f"{gguf.id}-safetensors"), store.get(f"{gguf.id}-q8_0")
-        held_out = [
-            prompt_and_reference(json.loads(line)["messages"])[0]
-            for line in client.read_artifact_file(gguf.job, "eval_predictions.jsonl").decode().splitlines()
-        ]
+        held_out, references = zip(
+            *(
+                prompt_and_reference(json.loads(line)["messages"])
+                for line in client.read_artifact_file(gguf.job, "eval_predictions.jsonl").decode().splitlines()
+            ),
+            strict=True,
+        )
         tokenizer = load_tokenizer(Path(hf.directory))
         ids = [
             tokenizer(render(tokenizer, p, generation_prompt=True), add_special_tokens=False)["input_ids"]
@@ -100,15 +107,20 @@ def main() -> None:
         options = Options(max_new_tokens=args.new_tokens)
 
         results = {}
+        llama_cpp = llama_cpp_backend()
         engines = {
-            "llama.cpp": (llama_cpp_backend(), gguf),
+            "llama.cpp F16": (llama_cpp, gguf),
+            "llama.cpp Q8_0": (llama_cpp, q8),
             "transformers": (
                 transformers_backend(ModelLoader(load_methods(), args.state_dir / "serve" / "base-models")),
                 hf,
             ),
         }
-        for backend, record in engines.values():
-            list(backend.chat(record, prompts[0], options))  # load and warm up
+        # The answers as a user gets them, on every held-out prompt (this also loads and warms up).
+        answers = {
+            name: ["".join(p.text for p in backend.chat(record, m, Options(max_new_tokens=64))) for m in held_out]
+            for name, (backend, record) in engines.items()
+        }
         # The engines take turns, round after round: a noisy neighbour slows both alike,
         # and the ratio is read per round.
         rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
@@ -140,7 +152,11 @@ def main() -> None:
                 "first_token_ms_in_process": 1000 * statistics.median(first for _, first in rounds[name]),
                 "first_token_ms_over_grpc": 1000 * statistics.median(grpc_first[1:]),
             }
-        ratios = [fast / slow for (fast, _), (slow, _) in zip(rounds["llama.cpp"], rounds["transformers"], strict=True)]
+        ratios = {
+            name: [fast / slow for (fast, _), (slow, _) in zip(rounds[name], rounds["transformers"], strict=True)]
+            for name in engines
+            if name != "transformers"
+        }
     finally:
         client.close()
         stack.stop()
@@ -152,20 +168,29 @@ def main() -> None:
             f"identical greedy {measured.continuation_tokens}-token continuations "
             f"{measured.identical_continuations:.0%} of {measured.prompts}"
         )
+    print(f"answers as served on the {len(held_out)} prompts (greedy, to the end of the turn, <= 64 tokens):")
+    for name, texts in answers.items():
+        identical = sum(a == b for a, b in zip(texts, answers["transformers"], strict=True))
+        correct = sum(urgency(a) == urgency(r) for a, r in zip(texts, references, strict=True))
+        print(
+            f"  {name:16} identical to transformers' {identical}/{len(texts)}; "
+            f"urgency accuracy {correct / len(texts):.1%}"
+        )
     print(
         f"model {gguf.id} ({gguf.method}, from {gguf.base_model}); {args.prompts} prompts, greedy, <= {args.new_tokens} tokens"
     )
-    print(f"{'backend':14}{'tokens/s':>10}{'first token (ms)':>18}{'over gRPC (ms)':>16}{'gRPC adds (ms)':>16}")
+    print(f"{'backend':16}{'tokens/s':>10}{'first token (ms)':>18}{'over gRPC (ms)':>16}{'gRPC adds (ms)':>16}")
     for name, r in results.items():
         added = r["first_token_ms_over_grpc"] - r["first_token_ms_in_process"]
         print(
-            f"{name:14}{r['decode_tokens_per_second']:>10.1f}{r['first_token_ms_in_process']:>18.1f}"
+            f"{name:16}{r['decode_tokens_per_second']:>10.1f}{r['first_token_ms_in_process']:>18.1f}"
             f"{r['first_token_ms_over_grpc']:>16.1f}{added:>16.1f}"
         )
-    print(
-        f"llama.cpp / transformers, tokens per second: {statistics.median(ratios):.1f}x "
-        f"(median of {args.rounds} rounds: {', '.join(f'{r:.1f}x' for r in ratios)})"
-    )
+    for name, per_round in ratios.items():
+        print(
+            f"{name} / transformers, tokens per second: {statistics.median(per_round):.1f}x "
+            f"(median of {args.rounds} rounds: {', '.join(f'{r:.1f}x' for r in per_round)})"
+        )
 
 
 if __name__ == "__main__":
