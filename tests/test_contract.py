@@ -10,7 +10,18 @@ import msgspec
 import pytest
 
 from tunewright import contract
-from tunewright.contract import Done, Evaluation, Failed, Hyperparameters, JobSpec, Log, Manifest, Progress, Score
+from tunewright.contract import (
+    Done,
+    Evaluation,
+    Failed,
+    Hyperparameters,
+    JobSpec,
+    Log,
+    Manifest,
+    Progress,
+    Score,
+    Validation,
+)
 from tunewright.core.errors import FailedPrecondition
 
 
@@ -47,6 +58,7 @@ def test_worker_events_are_tagged_and_strict():
             base=Score(loss=2.0, exact_match=0.0, first_line_match=0.0),
             tuned=Score(loss=1.0, exact_match=0.5, first_line_match=0.5),
         ),
+        Validation(step=2, epoch=1.0, loss=1.25),
         Log(text="hello"),
         Failed(code="X", message="y"),
         Done(),
@@ -54,8 +66,8 @@ def test_worker_events_are_tagged_and_strict():
     for event in events:
         line = contract.encode_event(event)
         assert line.endswith(b"\n") and contract.decode_event(line) == event
-    assert [contract.event_kind(e) for e in events] == ["progress", "evaluation", "log", "error", "done"]
-    assert contract.event_payload(events[2]) == {"text": "hello"}
+    assert [contract.event_kind(e) for e in events] == ["progress", "evaluation", "validation", "log", "error", "done"]
+    assert contract.event_payload(events[3]) == {"text": "hello"}
     with pytest.raises(msgspec.ValidationError):
         contract.decode_event(b'{"kind": "progress", "step": 1}')
     with pytest.raises(msgspec.ValidationError):

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from conftest import rich_error, ticket_lines
+from tunewright.client import ServiceError
 from tunewright.data.v1 import data_service_pb2 as pb
 
 
@@ -24,7 +25,8 @@ def test_upload_create_get_read(services, small_jsonl):
     dataset = client.create_dataset(file.name, display_name="small")
     assert dataset.example_count == 40
     assert (dataset.split_counts.train, dataset.split_counts.validation, dataset.split_counts.test) == (32, 4, 4)
-    assert client.data.GetDataset(pb.GetDatasetRequest(name=dataset.name)).dataset == dataset
+    assert client.get_dataset(dataset.name) == dataset
+    assert client.data.GetDataset(pb.GetDatasetRequest(name=dataset.name)).dataset.example_count == 40
     assert dataset.name in list_names(services)
     test = list(client.data.ReadDataset(pb.ReadDatasetRequest(name=dataset.name, split=pb.SPLIT_TEST)))
     assert [r.index for r in test] == [0, 1, 2, 3]
@@ -51,14 +53,12 @@ def test_bad_file_is_refused_naming_every_bad_line_and_nothing_is_stored(service
     lines[11] = json.dumps(record)
     before = list_names(services)
     file = services.client.upload_bytes("bad.jsonl", ("\n".join(lines) + "\n").encode())
-    with pytest.raises(grpc.RpcError) as caught:
+    with pytest.raises(ServiceError) as caught:  # the client unpacks the rich status
         services.client.create_dataset(file.name)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    reason, violations = rich_error(caught.value)
-    assert reason == "INVALID_DATASET_FILE"
-    fields = [f for f, _ in violations]
+    assert caught.value.code == "INVALID_ARGUMENT" and caught.value.reason == "INVALID_DATASET_FILE"
+    fields = [f for f, _ in caught.value.violations]
     assert "line 7" in fields and "line 12: messages[1].role" in fields
-    assert "line 7" in caught.value.details() and "line 12" in caught.value.details()
+    assert "line 7" in caught.value.message and "line 12" in caught.value.message
     assert list_names(services) == before
     assert not any(
         p.name.startswith("ds-") and p.name not in {n.split("/")[1] for n in before}
@@ -77,10 +77,9 @@ def test_bad_file_is_refused_naming_every_bad_line_and_nothing_is_stored(service
 )
 def test_uploads_that_do_not_match_their_header_are_refused(services, size_delta, sha, reason):
     content = b'{"messages": []}\n' * 10
-    with pytest.raises(grpc.RpcError) as caught:
+    with pytest.raises(ServiceError) as caught:
         services.client.upload_bytes("x.jsonl", content, size_bytes=len(content) + size_delta, sha256=sha)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert rich_error(caught.value)[0] == reason
+    assert (caught.value.code, caught.value.reason) == ("INVALID_ARGUMENT", reason)
     leftovers = [p for p in (services.root / "data" / "files").iterdir() if p.name.startswith(".upload")]
     assert leftovers == []
 
@@ -94,9 +93,9 @@ def test_missing_and_malformed_names(services):
         data.GetDataset(pb.GetDatasetRequest(name="nope"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert rich_error(caught.value)[1][0][0] == "name"
-    with pytest.raises(grpc.RpcError) as caught:
+    with pytest.raises(ServiceError) as caught:
         services.client.create_dataset("files/nope")
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert caught.value.code == "NOT_FOUND"
 
 
 def test_list_pages_through_every_dataset(services, small_jsonl):

@@ -163,8 +163,8 @@ def test_method(case, matrix_services, memorize_dataset, tiny_model, tmp_path):
     assert model.verification.max_kl_divergence <= model.verification.tolerance == tolerance
 
     # The serve service answers with it.
-    text, finish = client.chat_text(model.name, [{"role": "user", "content": "Our API is down"}], max_new_tokens=6)
-    assert finish in (serve_pb.FINISH_REASON_STOP, serve_pb.FINISH_REASON_LENGTH)
+    answer = client.ask(model.name, [{"role": "user", "content": "Our API is down"}], max_new_tokens=6)
+    assert answer.finish_reason in ("stop", "length") and answer.token_count <= 6
 
 
 def test_no_server_process_imported_unsloth(matrix_services):

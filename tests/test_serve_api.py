@@ -151,8 +151,8 @@ def test_an_adapter_can_also_be_served_attached(services, trained_job):
     assert model.format == "attached" and not model.modelfile
     assert {f.path for f in model.files} >= {"manifest.json", "adapter/adapter_model.safetensors"}
     assert model.verification.max_kl_divergence <= model.verification.tolerance
-    text, finish = services.client.chat_text(model.name, [{"role": "user", "content": "hi"}], max_new_tokens=4)
-    assert finish != pb.FINISH_REASON_UNSPECIFIED
+    answer = services.client.ask(model.name, [{"role": "user", "content": "hi"}], max_new_tokens=4)
+    assert answer.finish_reason in ("stop", "length") and answer.backend == "transformers"
 
 
 def test_a_broken_export_is_refused_and_nothing_is_stored(services, trained_job, monkeypatch):

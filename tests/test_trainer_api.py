@@ -77,6 +77,9 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     evaluation = next(e.evaluation for e in events if e.WhichOneof("payload") == "evaluation")
     assert evaluation.example_count == 4 and evaluation.base.loss > 0 and evaluation.tuned.loss > 0
+    # The validation loss at the end of the (only) epoch, for a loss curve to plot.
+    validations = [e.validation for e in events if e.WhichOneof("payload") == "validation"]
+    assert [(v.step, v.epoch) for v in validations] == [(4, 1.0)] and validations[0].loss > 0
 
     done = services.client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
     assert done.state == pb.JOB_STATE_SUCCEEDED and done.progress.step == 4 and done.evaluation == evaluation

@@ -129,6 +129,14 @@ class Progress(_Event, tag="progress"):
     peak_memory_bytes: int = 0
 
 
+class Validation(_Event, tag="validation"):
+    """The loss over the whole validation split, at the end of an epoch or of training."""
+
+    step: int
+    epoch: float
+    loss: float
+
+
 class Score(_Frozen):
     loss: float
     exact_match: float
@@ -156,7 +164,7 @@ class Done(_Event, tag="done"):
     pass
 
 
-WorkerEvent = Progress | Evaluation | Log | Failed | Done
+WorkerEvent = Progress | Validation | Evaluation | Log | Failed | Done
 
 _event_decoder = msgspec.json.Decoder(WorkerEvent)
 _encoder = msgspec.json.Encoder()
@@ -172,7 +180,7 @@ def decode_event(line: bytes | str) -> WorkerEvent:
 
 
 def event_kind(event: WorkerEvent) -> str:
-    """The event's tag on the wire: "progress", "evaluation", "log", "error" or "done"."""
+    """The event's tag on the wire: "progress", "validation", "evaluation", "log", "error" or "done"."""
     return type(event).__struct_config__.tag
 
 

@@ -16,15 +16,12 @@ import re
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import grpc
-
-from tunewright.client import Client
+from tunewright.client import Client, ServiceError
 from tunewright.core.chat import prompt_and_reference
+from tunewright.records import JobError, JobState, Model
 from tunewright.stack import Stack, free_port
-from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 
 DEFAULT_DATASET = Path("examples/support_tickets/tickets.jsonl")
 LABEL = re.compile(r"\b(high|medium|low)\b")
@@ -55,22 +52,18 @@ def show_progress(step: int, total: int, loss: float, tokens_per_second: float) 
         print(f"  {bar}", flush=True)
 
 
-def push_to_ollama(client: Client, model):
+def push_to_ollama(client: Client, model: Model) -> Model | None:
     """Registers a GGUF export with the Ollama at $OLLAMA_HOST (or the default address) when
     one answers; returns the model with its push, or None."""
     from tunewright.plugins.ollama.target import DEFAULT_HOST
     from tunewright.serve import ollama
-    from tunewright.serve.v1 import serve_service_pb2 as serve_pb
 
     host = os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
     if model.format != "gguf" or not ollama.reachable(host if "://" in host else f"http://{host}", timeout=2.0):
         print(f"no Ollama answers at {host}; the model is served from its GGUF by llama.cpp", flush=True)
         return None
     name = f"tunewright-demo-{model.name.split('/')[1]}"
-    response = client.serve.PushModel(
-        serve_pb.PushModelRequest(model=model.name, target="ollama", options={"host": host, "name": name}), timeout=900
-    )
-    return response.model
+    return client.push_model(model.name, "ollama", {"host": host, "name": name})
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -86,8 +79,8 @@ def run_demo(args: argparse.Namespace) -> int:
     client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
     try:
         return _run(args, client, dataset_path, started)
-    except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+    except ServiceError as error:
+        print(f"error: {error.code}: {error}", file=sys.stderr)
         return 2
     finally:
         client.close()
@@ -105,19 +98,15 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         flush=True,
     )
 
-    hyperparameters = trainer_pb.Hyperparameters(epochs=args.epochs, batch_size=8, eval_max_new_tokens=24)
-    if args.learning_rate:
-        hyperparameters.learning_rate = args.learning_rate
-    job = client.trainer.CreateJob(
-        trainer_pb.CreateJobRequest(
-            request_id=uuid.uuid4().hex,
-            base_model=args.base_model,
-            dataset=dataset.name,
-            method=args.method,
-            hyperparameters=hyperparameters,
-        ),
-        timeout=120,
-    ).job
+    job = client.create_job(
+        dataset.name,
+        base_model=args.base_model,
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=8,
+        eval_max_new_tokens=24,
+        learning_rate=args.learning_rate or None,
+    )
     print(
         f"job {job.name}: fine-tuning {args.base_model} with {args.method} (the first run converts the model once)",
         flush=True,
@@ -125,9 +114,8 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
     train_started = time.monotonic()
     rates: list[float] = []
     drawing = False  # a terminal progress line is open and needs a newline before other output
-    for event in client.trainer.WatchJob(trainer_pb.WatchJobRequest(name=job.name)):
-        kind = event.WhichOneof("payload")
-        if kind == "progress":
+    for event in client.watch_job(job.name):
+        if event.progress:
             p = event.progress
             rates.append(p.tokens_per_second)
             show_progress(p.step, p.total_steps, p.loss, p.tokens_per_second)
@@ -136,35 +124,26 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         if drawing:
             print(flush=True)
             drawing = False
-        if kind == "log":
-            print(f"  {event.log.text}", flush=True)
-        elif kind == "state_change":
-            state = trainer_pb.JobState.Name(event.state_change.state).removeprefix("JOB_STATE_").lower()
-            print(f"  {state}", flush=True)
-    job = client.trainer.GetJob(trainer_pb.GetJobRequest(name=job.name), timeout=30).job
+        if event.log is not None:
+            print(f"  {event.log}", flush=True)
+        elif event.state is not None:
+            print(f"  {event.state}", flush=True)
+    job = client.get_job(job.name)
     train_seconds = time.monotonic() - train_started
-    if job.state != trainer_pb.JOB_STATE_SUCCEEDED:
-        print(
-            f"{job.name} ended {trainer_pb.JobState.Name(job.state)}: {job.error.code}: {job.error.message}",
-            file=sys.stderr,
-        )
+    if job.state != JobState.SUCCEEDED:
+        error = job.error or JobError("", "")
+        print(f"{job.name} ended {job.state}: {error.code}: {error.message}", file=sys.stderr)
         return 1
 
-    predictions = [
-        json.loads(line) for line in client.read_artifact_file(job.name, "eval_predictions.jsonl").decode().splitlines()
-    ]
+    predictions = client.predictions(job.name)
     expected = [urgency(p["reference"]) for p in predictions]
     accuracy = {
         side: sum(urgency(p[side]) == e for p, e in zip(predictions, expected, strict=True)) / len(predictions)
         for side in ("base", "tuned")
     }
 
-    from tunewright.serve.v1 import serve_service_pb2 as serve_pb
-
     print("exporting (GGUF where the method and model allow) ...", flush=True)
-    model = client.serve.ExportModel(
-        serve_pb.ExportModelRequest(request_id=uuid.uuid4().hex, job=job.name), timeout=900
-    ).model
+    model = client.export_model(job.name)
     pushed = push_to_ollama(client, model)
     if pushed is not None:
         model = pushed
@@ -173,8 +152,7 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
     stopped = None
     if model.format == "gguf":
         stopped = sum(
-            client.ask(model.name, prompt_and_reference(p["messages"])[0]).finish_reason == serve_pb.FINISH_REASON_STOP
-            for p in predictions
+            client.ask(model.name, prompt_and_reference(p["messages"])[0]).finish_reason == "stop" for p in predictions
         )
     evaluation = job.evaluation
     results = {
@@ -197,7 +175,7 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         "total_seconds": round(time.monotonic() - started, 1),
         "question": QUESTION,
         "answer": reply.text,
-        "answer_finish_reason": serve_pb.FinishReason.Name(reply.finish_reason),
+        "answer_finish_reason": reply.finish_reason,
         "answer_backend": reply.backend,
         "test_prompts_stopped": None
         if stopped is None

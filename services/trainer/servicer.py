@@ -144,6 +144,8 @@ def event_pb(event: Event) -> pb.WatchJobResponse:
         message.progress.CopyFrom(pb.TrainingProgress(**payload))
     elif event.kind == "evaluation":
         message.evaluation.CopyFrom(evaluation_pb(payload))
+    elif event.kind == "validation":
+        message.validation.CopyFrom(pb.ValidationLoss(**payload))
     else:
         message.log.CopyFrom(pb.LogMessage(text=payload.get("text", "")))
     return message

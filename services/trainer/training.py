@@ -65,8 +65,13 @@ def train(
     hp: Hyperparameters,
     pad_id: int,
     on_progress: Callable[[Progress], None],
+    validate: Callable[[int, float], None] | None = None,
 ) -> None:
-    """Trains the parameters of ``model`` that require grad with AdamW."""
+    """Trains the parameters of ``model`` that require grad with AdamW.
+
+    ``validate(step, epoch)``, when given, is called at the end of every epoch and at the
+    last step; the model is back in training mode after it returns.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the method left no trainable parameters")
@@ -79,11 +84,13 @@ def train(
     model.train()
     step = 0
     for epoch in range(hp.epochs):
+        if step >= steps:
+            return
         order = list(range(len(examples)))
         rng.shuffle(order)
         for b in range(batches_per_epoch):
             if step >= steps:
-                return
+                break
             started = time.perf_counter()
             batch = collate([examples[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]], pad_id, device)
             loss = model(**batch).loss
@@ -94,18 +101,22 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            epoch_done = epoch + (b + 1) / batches_per_epoch
             tokens = int(batch["attention_mask"].sum())
             on_progress(
                 Progress(
                     step=step,
                     total_steps=steps,
-                    epoch=epoch + (b + 1) / batches_per_epoch,
+                    epoch=epoch_done,
                     loss=float(loss.detach()),
                     learning_rate=learning_rate,
                     tokens_per_second=tokens / (time.perf_counter() - started),
                     peak_memory_bytes=peak_memory_bytes(device),
                 )
             )
+        if validate is not None:
+            validate(step, epoch_done)
+            model.train()
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ from tunewright.contract import (
     Probe,
     Progress,
     Score,
+    Validation,
     WorkerEvent,
 )
 from tunewright.core.basemodel import load_tokenizer, resolve_base_model
@@ -186,9 +187,20 @@ def run(job_dir: Path, events: Events) -> None:
         events.emit(progress)
 
     events.log(f"training {method.name} for {training.total_steps(len(train_examples), hp)} steps")
-    training.train(model, train_examples, hp, tokenizer.pad_token_id, on_progress)
-    if tokenized["validation"]:
-        events.log(f"validation loss {training.mean_loss(model, tokenized['validation'], tokenizer.pad_token_id):.4f}")
+
+    def on_validation(step: int, epoch: float) -> None:
+        loss = training.mean_loss(model, tokenized["validation"], tokenizer.pad_token_id)
+        events.emit(Validation(step=step, epoch=epoch, loss=loss))
+        events.log(f"validation loss {loss:.4f} at step {step}")
+
+    training.train(
+        model,
+        train_examples,
+        hp,
+        tokenizer.pad_token_id,
+        on_progress,
+        on_validation if tokenized["validation"] else None,
+    )
 
     kind = method.capabilities.artifact_kind
     staging = job_dir / f".{ARTIFACT}.tmp"

@@ -1,0 +1,280 @@
+"""``tunewright jobs``: create, list, show, watch, cancel and plot fine-tuning jobs."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tunewright.cli.output import JsonFlag, client, console, fail, percent, print_json, when
+from tunewright.core.basemodel import DEFAULT_BASE_MODEL
+from tunewright.records import Job, JobEvent, JobState, Method
+
+app = typer.Typer(help="Fine-tuning jobs: create, watch, inspect, plot.", no_args_is_help=True)
+
+
+def split_pairs(items: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        name, equals, text = item.partition("=")
+        if not equals or not name:
+            raise fail(f"--param {item!r} is not NAME=VALUE; for example --param r=32", 2)
+        pairs.append((name, text))
+    return pairs
+
+
+def parse_parameters(items: list[str], method: Method | None) -> dict[str, Any]:
+    """NAME=VALUE pairs, each VALUE read as the method declares the parameter (a list as
+    "a,b" or JSON); names the method does not have are passed on for the trainer to refuse."""
+    types = {p.name: p.type for p in method.parameters} if method else {}
+    values: dict[str, Any] = {}
+    for name, text in split_pairs(items):
+        kind = types.get(name)
+        try:
+            if kind == "int":
+                values[name] = int(text)
+            elif kind == "float":
+                values[name] = float(text)
+            elif kind == "bool":
+                values[name] = {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+            elif kind == "string_list":
+                values[name] = jsonlib.loads(text) if text.startswith("[") else [v for v in text.split(",") if v]
+            else:
+                values[name] = text
+        except (ValueError, KeyError):
+            raise fail(f"--param {name}: {text!r} is not a valid {kind}", 2) from None
+    return values
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option(help="the dataset to train on (datasets/… or its id)")],
+    method: Annotated[str, typer.Option(help="fine-tuning method; `tunewright methods list` shows them")] = "lora",
+    base_model: Annotated[str, typer.Option(help="built-in model name or a local model folder")] = DEFAULT_BASE_MODEL,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="method parameter NAME=VALUE, repeatable (r=32)")
+    ] = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: Annotated[float | None, typer.Option(help="peak learning rate (default: the method's)")] = None,
+    max_seq_length: int | None = None,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (0: no limit)")] = None,
+    seed: int | None = None,
+    evaluate: Annotated[
+        bool | None, typer.Option("--evaluate/--no-evaluate", help="compare base and tuned on the test split")
+    ] = None,
+    watch_: Annotated[bool, typer.Option("--watch", help="then watch it until it ends")] = False,
+    json: JsonFlag = False,
+) -> None:
+    """Queue a fine-tuning job."""
+    c = client(ctx)
+    split_pairs(param or [])  # a malformed pair is refused before any call
+    known = {m.name: m for m in c.list_methods()} if param else {}
+    job = c.create_job(
+        dataset,
+        base_model=base_model,
+        method=method,
+        parameters=parse_parameters(param or [], known.get(method)),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_seq_length=max_seq_length,
+        max_steps=max_steps,
+        seed=seed,
+        evaluate=evaluate,
+    )
+    if json and not watch_:
+        print_json(job)
+    elif not json:
+        console.print(f"created [bold]{job.name}[/] ({job.method} on {job.base_model}, {job.dataset}): {job.state}")
+    if watch_:
+        _watch(ctx, job.name, json)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json: JsonFlag = False) -> None:
+    """Every job, oldest first."""
+    found = client(ctx).list_jobs()
+    if json:
+        print_json(found)
+        return
+    table = Table("name", "state", "method", "base model", "dataset", "step", "loss", "created")
+    for job in found:
+        p = job.progress
+        table.add_row(
+            job.name,
+            str(job.state),
+            job.method,
+            job.base_model,
+            job.dataset,
+            f"{p.step}/{p.total_steps}" if p else "-",
+            f"{p.loss:.3f}" if p else "-",
+            when(job.create_time),
+        )
+    console.print(table)
+
+
+def show_job(job: Job) -> None:
+    table = Table(show_header=False, box=None)
+    rows = [
+        ("name", job.name),
+        ("state", str(job.state)),
+        ("method", f"{job.method} {jsonlib.dumps(job.method_parameters) if job.method_parameters else ''}"),
+        ("base model", job.base_model),
+        ("dataset", job.dataset),
+        (
+            "hyperparameters",
+            ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in job.hyperparameters.items()),
+        ),
+        ("created / started / ended", f"{when(job.create_time)} / {when(job.start_time)} / {when(job.end_time)}"),
+    ]
+    if job.progress:
+        p = job.progress
+        rows.append(
+            (
+                "progress",
+                f"step {p.step}/{p.total_steps}, epoch {p.epoch:.2f}, loss {p.loss:.4f}, {p.tokens_per_second:.0f} tokens/s, peak memory {p.peak_memory_bytes / 2**30:.2f} GiB",
+            )
+        )
+    if job.error:
+        rows.append(("error", f"[red]{job.error.code}[/]: {job.error.message}"))
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", value)
+    console.print(table)
+    if job.evaluation:
+        e = job.evaluation
+        scores = Table(
+            "on the test split", "base", "fine-tuned", title=f"base against fine-tuned, {e.example_count} test examples"
+        )
+        scores.add_row("loss (nats/token)", f"{e.base.loss:.3f}", f"{e.tuned.loss:.3f}")
+        scores.add_row("exact match", percent(e.base.exact_match), percent(e.tuned.exact_match))
+        scores.add_row("first line match", percent(e.base.first_line_match), percent(e.tuned.first_line_match))
+        console.print(scores)
+
+
+@app.command()
+def show(ctx: typer.Context, job: str, json: JsonFlag = False) -> None:
+    """One job: its settings, progress, error, and the base-against-tuned table."""
+    found = client(ctx).get_job(job)
+    if json:
+        print_json(found)
+    else:
+        show_job(found)
+
+
+@app.command()
+def cancel(ctx: typer.Context, job: str, json: JsonFlag = False) -> None:
+    """Cancel a queued or running job."""
+    found = client(ctx).cancel_job(job)
+    if json:
+        print_json(found)
+    else:
+        console.print(f"{found.name}: {found.state}")
+
+
+@app.command()
+def watch(ctx: typer.Context, job: str, json: JsonFlag = False) -> None:
+    """Follow a job live until it ends: a progress bar with loss, tokens/s and the time left.
+    Reattaches by itself when the connection drops. With --json, one event per line."""
+    _watch(ctx, job, json)
+
+
+def _watch(ctx: typer.Context, name: str, json: bool) -> None:
+    c = client(ctx)
+    if json:
+        for event in c.watch_job(name):
+            print_json(event)
+        ended = c.get_job(name)
+    else:
+        ended = _watch_live(c, name)
+    if ended.state != JobState.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def _watch_live(c, name: str) -> Job:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[steps]}  loss {task.fields[loss]}  {task.fields[rate]} tokens/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(name, total=None, steps="waiting", loss="-", rate="-")
+        for event in c.watch_job(name):
+            _show_event(bar, task, event)
+    job = c.get_job(name)
+    console.print(
+        f"{job.name}: [bold]{job.state}[/]" + (f": {job.error.code}: {job.error.message}" if job.error else "")
+    )
+    return job
+
+
+def _show_event(bar: Progress, task, event: JobEvent) -> None:
+    # Validation events need no line of their own: the worker logs each one too.
+    if event.progress:
+        p = event.progress
+        bar.update(
+            task,
+            completed=p.step,
+            total=p.total_steps,
+            steps=f"step {p.step}/{p.total_steps}",
+            loss=f"{p.loss:.3f}",
+            rate=f"{p.tokens_per_second:.0f}",
+        )
+    elif event.evaluation:
+        e = event.evaluation
+        bar.console.print(
+            f"  evaluated on {e.example_count} test examples: loss {e.base.loss:.3f} -> {e.tuned.loss:.3f}, "
+            f"exact match {percent(e.base.exact_match)} -> {percent(e.tuned.exact_match)}"
+        )
+    elif event.state:
+        bar.console.print(f"  {event.state}" + (f": {event.error.code}: {event.error.message}" if event.error else ""))
+    elif event.log:
+        bar.console.print(f"  {event.log}", highlight=False)
+
+
+@app.command()
+def plot(
+    ctx: typer.Context,
+    job: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG to write (default: JOB-loss.png)")] = None,
+    width: Annotated[float, typer.Option(help="inches, at 100 dots per inch")] = 8.0,
+    height: Annotated[float, typer.Option(help="inches, at 100 dots per inch")] = 4.5,
+    json: JsonFlag = False,
+) -> None:
+    """Write the loss curve (training loss per step, validation loss per epoch) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = client(ctx)
+    found = c.get_job(job)
+    events = c.job_events(found.name)
+    train = [(e.progress.step, e.progress.loss) for e in events if e.progress]
+    validation = [(e.validation.step, e.validation.loss) for e in events if e.validation]
+    if not train:
+        raise fail(f"{found.name} has no training steps yet ({found.state}); plot it once it is running")
+    path = output or Path(f"{found.name.split('/')[-1]}-loss.png")
+    figure, axes = plt.subplots(figsize=(width, height), dpi=100)
+    axes.plot(*zip(*train, strict=True), label="training loss (batch)", linewidth=1)
+    if validation:
+        axes.plot(*zip(*validation, strict=True), "o-", label="validation loss")
+    axes.set(xlabel="step", ylabel="loss (nats per token)", title=f"{found.name}: {found.method} on {found.base_model}")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    if json:
+        print_json(
+            {"job": found.name, "path": str(path), "train_points": len(train), "validation_points": len(validation)}
+        )
+    else:
+        console.print(f"wrote {path} ({len(train)} steps, {len(validation)} validation points)")

@@ -1,0 +1,69 @@
+"""``tunewright up`` (the three services on this machine) and ``tunewright demo``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunewright.cli.output import JsonFlag, console, print_json
+from tunewright.core.basemodel import DEFAULT_BASE_MODEL
+from tunewright.stack import DEFAULT_PORTS, Stack
+
+
+def up(
+    state_dir: Annotated[Path, typer.Option(help="one data directory per service inside")] = Path(".tunewright"),
+    host: str = "127.0.0.1",
+    data_port: int = DEFAULT_PORTS["data"],
+    trainer_port: int = DEFAULT_PORTS["trainer"],
+    serve_port: int = DEFAULT_PORTS["serve"],
+    json: JsonFlag = False,
+) -> None:
+    """Start the data, trainer and serve services on this machine; Ctrl-C stops all three."""
+    stack = Stack(state_dir, host=host, ports={"data": data_port, "trainer": trainer_port, "serve": serve_port})
+    stack.start()
+    if json:
+        print_json({s: {"address": stack.address(s), "data_dir": str(state_dir / s)} for s in stack.processes})
+    else:
+        for service in ("data", "trainer", "serve"):
+            console.print(f"{service:8} {stack.address(service)}  data in {state_dir / service}", highlight=False)
+        console.print("serving; Ctrl-C or SIGTERM stops all three")
+    try:
+        stack.wait()
+    finally:
+        stack.stop()
+
+
+def demo(
+    state_dir: Path = Path(".tunewright/demo"),
+    dataset: Annotated[Path | None, typer.Option(help="chat JSONL (default: the support-ticket example)")] = None,
+    base_model: str = DEFAULT_BASE_MODEL,
+    method: Annotated[
+        str, typer.Option(help="lora, qlora, unsloth, prefix, full, or one from an installed plugin")
+    ] = "lora",
+    learning_rate: Annotated[float, typer.Option(help="peak learning rate (0: the method's own)")] = 0.0,
+    epochs: int = 2,
+    results: Annotated[Path, typer.Option(help="where the results are written as JSON")] = Path("demo-results.json"),
+) -> None:
+    """Fine-tune the built-in model on the support-ticket example, end to end, on its own services."""
+    from tunewright.demo import run_demo
+
+    args = argparse.Namespace(
+        state_dir=state_dir,
+        dataset=dataset,
+        base_model=base_model,
+        method=method,
+        learning_rate=learning_rate,
+        epochs=epochs,
+        results=results,
+    )
+    code = run_demo(args)
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(demo)
