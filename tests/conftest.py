@@ -109,11 +109,12 @@ class Services:
         from tunewright.trainer.app import start_trainer
 
         self.root = root
-        self.data = start_data("127.0.0.1:0", root / "data")
+        metrics = "127.0.0.1:0"  # each service's /metrics on a free port: server.metrics_port
+        self.data = start_data("127.0.0.1:0", root / "data", metrics)
         self.data_address = f"127.0.0.1:{self.data.port}"
-        self.trainer, self.runner = start_trainer("127.0.0.1:0", root / "trainer", self.data_address)
+        self.trainer, self.runner = start_trainer("127.0.0.1:0", root / "trainer", self.data_address, metrics)
         self.trainer_address = f"127.0.0.1:{self.trainer.port}"
-        self.serve = start_serve("127.0.0.1:0", root / "serve", self.trainer_address)
+        self.serve = start_serve("127.0.0.1:0", root / "serve", self.trainer_address, metrics)
         self.serve_address = f"127.0.0.1:{self.serve.port}"
         self.client = Client(self.data_address, self.trainer_address, self.serve_address)
 

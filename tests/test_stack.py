@@ -30,18 +30,10 @@ SERVICES = {
 def up(tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
     ports = {name: free_port() for name in SERVICES}
-    command = [
-        CLI,
-        "up",
-        "--state-dir",
-        str(state),
-        "--data-port",
-        str(ports["data"]),
-        "--trainer-port",
-        str(ports["trainer"]),
-        "--serve-port",
-        str(ports["serve"]),
-    ]
+    metrics_ports = {name: free_port() for name in SERVICES}
+    command = [CLI, "up", "--state-dir", str(state)]
+    for name in SERVICES:
+        command += [f"--{name}-port", str(ports[name]), f"--{name}-metrics-port", str(metrics_ports[name])]
     log = open(state / "up.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     stack = Stack(state, ports=ports)
@@ -49,6 +41,7 @@ def up(tmp_path_factory):
     try:
         for name in SERVICES:
             stack.wait_serving(name, timeout=120)
+        stack.metrics_ports = metrics_ports
         yield process, stack, state
     finally:
         if process.poll() is None:
@@ -78,6 +71,25 @@ def test_health_says_serving_and_reflection_lists_the_service(up, service):
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         listed = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert SERVICES[service] in listed and "grpc.health.v1.Health" in listed
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_each_process_serves_prometheus_metrics(up, service):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, stack, _ = up
+    with grpc.insecure_channel(stack.address(service)) as channel:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports[service]}/metrics", timeout=10) as reply:
+        families = {f.name: f for f in text_string_to_metric_families(reply.read().decode())}
+    checks = [
+        s.value
+        for s in families["tunewright_rpc_requests"].samples
+        if s.labels == {"method": "/grpc.health.v1.Health/Check", "code": "OK"}
+    ]
+    assert checks and checks[0] >= 1
 
 
 def test_node_client_runs_the_whole_flow(up, tiny_model):

@@ -15,6 +15,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DEFAULT_PORTS = {"data": 50051, "trainer": 50052, "serve": 50053}
+# Prometheus /metrics over HTTP, as `tunewright up` serves it.
+DEFAULT_METRICS_PORTS = {"data": 9451, "trainer": 9452, "serve": 9453}
 
 
 def free_port() -> int:
@@ -32,6 +34,8 @@ class Stack:
     ports: dict[str, int] | None = None
     log_dir: Path | None = None
     env: dict[str, str] | None = None
+    # Each service's /metrics port; None serves no metrics.
+    metrics_ports: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -55,6 +59,8 @@ class Stack:
             command += ["--data-service", self.address("data")]
         if service == "serve":
             command += ["--trainer-service", self.address("trainer")]
+        if self.metrics_ports:
+            command += ["--metrics-listen", f"{self.host}:{self.metrics_ports[service]}"]
         return command
 
     def start(self, timeout: float = 60.0) -> None:

@@ -14,9 +14,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tunewright.data", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:50051", help="host:port to serve on")
     parser.add_argument("--data-dir", type=Path, default=Path(".tunewright/data"), help="where files and datasets live")
+    parser.add_argument("--metrics-listen", help="host:port to serve Prometheus /metrics on over HTTP (default: off)")
     args = parser.parse_args(argv)
     configure_logging("data")
-    serve_until_signalled(start_data(args.listen, args.data_dir))
+    serve_until_signalled(start_data(args.listen, args.data_dir, args.metrics_listen))
 
 
 if __name__ == "__main__":

@@ -9,5 +9,5 @@ from tunewright.data.servicer import SERVICE_NAME, register
 from tunewright.data.store import DataStore
 
 
-def start_data(address: str, data_dir: Path) -> Server:
-    return create_server(address, register(DataStore(data_dir)), [SERVICE_NAME])
+def start_data(address: str, data_dir: Path, metrics_address: str | None = None) -> Server:
+    return create_server(address, register(DataStore(data_dir)), [SERVICE_NAME], metrics_address=metrics_address)

@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> None:
         "--data-dir", type=Path, default=Path(".tunewright/serve"), help="exported models, base model cache"
     )
     parser.add_argument("--trainer-service", default="127.0.0.1:50052", help="address of the trainer service")
+    parser.add_argument("--metrics-listen", help="host:port to serve Prometheus /metrics on over HTTP (default: off)")
     args = parser.parse_args(argv)
     configure_logging("serve")
-    serve_until_signalled(start_serve(args.listen, args.data_dir, args.trainer_service))
+    serve_until_signalled(start_serve(args.listen, args.data_dir, args.trainer_service, args.metrics_listen))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunewright.core.metrics import Metrics
 from tunewright.core.server import Server, create_server
 from tunewright.plugin_manager import collect_exporters, collect_methods, plugin_manager
 from tunewright.serve.answering import Answerer
@@ -15,7 +16,7 @@ from tunewright.serve.servicer import SERVICE_NAME, ServeServicer, register
 from tunewright.serve.store import ModelStore
 
 
-def start_serve(address: str, data_dir: Path, trainer_service: str) -> Server:
+def start_serve(address: str, data_dir: Path, trainer_service: str, metrics_address: str | None = None) -> Server:
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore(data_dir / "serve.sqlite3")
@@ -25,5 +26,6 @@ def start_serve(address: str, data_dir: Path, trainer_service: str) -> Server:
     answerer = Answerer(
         transformers_backend(ModelLoader(methods, exporter.model_cache)), llama_cpp_backend(), exporter.targets
     )
-    servicer = ServeServicer(store, exporter, answerer)
-    return create_server(address, register(servicer), [SERVICE_NAME])
+    metrics = Metrics("serve")
+    servicer = ServeServicer(store, exporter, answerer, metrics)
+    return create_server(address, register(servicer), [SERVICE_NAME], metrics, metrics_address)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import grpc
 
 from tunewright.core.errors import FieldViolation, InvalidArgument
 from tunewright.core.ids import parse_name
+from tunewright.core.metrics import Metrics
 from tunewright.core.timeutil import to_timestamp
 from tunewright.parameters import ParameterSpec, default_json, parameter_specs
 from tunewright.serve.answering import Answerer
-from tunewright.serve.answers import DEFAULT_MAX_NEW_TOKENS, LENGTH, MAX_NEW_TOKENS, STOP, Options
+from tunewright.serve.answers import DEFAULT_MAX_NEW_TOKENS, LENGTH, MAX_NEW_TOKENS, STOP, Options, Piece
 from tunewright.serve.export import Exporter
 from tunewright.serve.store import ModelRecord, ModelStore
 from tunewright.serve.v1 import serve_service_pb2 as pb
@@ -77,18 +81,37 @@ def options_from_pb(options: pb.GenerationOptions) -> Options:
 
 
 class ServeServicer(pb_grpc.ServeServiceServicer):
-    def __init__(self, store: ModelStore, exporter: Exporter, answerer: Answerer) -> None:
+    def __init__(self, store: ModelStore, exporter: Exporter, answerer: Answerer, metrics: Metrics) -> None:
         self.store = store
         self.exporter = exporter
         self.answerer = answerer
+        self.metrics = metrics
+
+    def _measured(self, backend: str, pieces: Iterator[Piece]) -> Iterator[Piece]:
+        """Passes the pieces on, counting the tokens and the rate after the first piece."""
+        first = last = None
+        tokens = 0
+        for piece in pieces:
+            last = time.monotonic()
+            first = first or last
+            tokens = piece.token_count
+            yield piece
+        self.metrics.generated_tokens.labels(backend).inc(tokens)
+        if tokens > 1 and last > first:
+            self.metrics.generation_tokens_per_second.labels(backend).observe((tokens - 1) / (last - first))
 
     def _record(self, name: str) -> ModelRecord:
         return self.store.get(parse_name(name, "models", field="model"))
 
     def ExportModel(self, request, context):
-        record = self.exporter.export(
-            request.request_id, request.job, request.model_id, request.format, dict(request.options)
-        )
+        try:
+            record = self.exporter.export(
+                request.request_id, request.job, request.model_id, request.format, dict(request.options)
+            )
+        except Exception:
+            self.metrics.exports.labels(request.format or "default", "error").inc()
+            raise
+        self.metrics.exports.labels(record.format, "ok").inc()
         return pb.ExportModelResponse(model=model_pb(record))
 
     def ListExportFormats(self, request, context):
@@ -127,7 +150,7 @@ class ServeServicer(pb_grpc.ServeServiceServicer):
                 "prompt is empty", reason="EMPTY_PROMPT", violations=[FieldViolation("prompt", "required")]
             )
         backend, pieces = self.answerer.generate(record, request.prompt, options_from_pb(request.options))
-        for piece in pieces:
+        for piece in self._measured(backend, pieces):
             yield pb.GenerateResponse(
                 text=piece.text,
                 finish_reason=_FINISH[piece.finish_reason],
@@ -152,7 +175,7 @@ class ServeServicer(pb_grpc.ServeServiceServicer):
             )
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         backend, pieces = self.answerer.chat(record, messages, options_from_pb(request.options))
-        for piece in pieces:
+        for piece in self._measured(backend, pieces):
             yield pb.ChatResponse(
                 text=piece.text,
                 finish_reason=_FINISH[piece.finish_reason],

@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> None:
         "--data-dir", type=Path, default=Path(".tunewright/trainer"), help="jobs, artifacts, model cache"
     )
     parser.add_argument("--data-service", default="127.0.0.1:50051", help="address of the data service")
+    parser.add_argument("--metrics-listen", help="host:port to serve Prometheus /metrics on over HTTP (default: off)")
     args = parser.parse_args(argv)
     configure_logging("trainer")
-    server, runner = start_trainer(args.listen, args.data_dir, args.data_service)
+    server, runner = start_trainer(args.listen, args.data_dir, args.data_service, args.metrics_listen)
     serve_until_signalled(server, on_stop=runner.stop)
 
 

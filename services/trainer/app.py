@@ -7,6 +7,7 @@ from pathlib import Path
 import grpc
 
 from tunewright.core.errors import Unavailable
+from tunewright.core.metrics import Metrics
 from tunewright.core.server import Server, create_server
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
@@ -36,11 +37,15 @@ def dataset_checker(data_service: str):
     return exists
 
 
-def start_trainer(address: str, data_dir: Path, data_service: str) -> tuple[Server, JobRunner]:
+def start_trainer(
+    address: str, data_dir: Path, data_service: str, metrics_address: str | None = None
+) -> tuple[Server, JobRunner]:
     data_dir = Path(data_dir)
     store = JobStore(data_dir / "trainer.sqlite3")
-    runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "base-models")
+    metrics = Metrics("trainer")
+    metrics.add_job_states(store.count_by_state)
+    runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "base-models", metrics)
     trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service))
-    server = create_server(address, register(trainer), [SERVICE_NAME])
+    server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address)
     runner.start()
     return server, runner

@@ -20,6 +20,7 @@ import structlog
 from tunewright import contract
 from tunewright.contract import JOB_SPEC, WORKER_LOG, Done, Failed, Hyperparameters, JobSpec
 from tunewright.core.files import write_bytes_atomic
+from tunewright.core.metrics import Metrics
 from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = structlog.get_logger(__name__)
@@ -28,8 +29,11 @@ KILL_AFTER_SECONDS = 10.0
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, jobs_dir: Path, data_service: str, model_cache: Path) -> None:
+    def __init__(
+        self, store: JobStore, jobs_dir: Path, data_service: str, model_cache: Path, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
+        self.metrics = metrics
         self.jobs_dir = Path(jobs_dir)
         self.data_service = data_service
         self.model_cache = Path(model_cache)
@@ -38,6 +42,16 @@ class JobRunner:
         self._current: tuple[str, subprocess.Popen] | None = None
         self._cancelled: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+
+    def _measure(self, event: contract.WorkerEvent) -> None:
+        if self.metrics is None:
+            return
+        if isinstance(event, contract.Progress):
+            self.metrics.training_steps.inc()
+            self.metrics.training_loss.set(event.loss)
+            self.metrics.training_tokens_per_second.set(event.tokens_per_second)
+        elif isinstance(event, contract.Validation):
+            self.metrics.validation_loss.set(event.loss)
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -144,6 +158,7 @@ class JobRunner:
                     done = True
                 else:
                     self.store.record(job.id, contract.event_kind(event), contract.event_payload(event))
+                    self._measure(event)
         code = process.wait()
         with self._lock:
             self._current = None

@@ -161,6 +161,11 @@ class JobStore:
             )
         return _job(row)
 
+    def count_by_state(self) -> dict[str, int]:
+        """{"queued": 2, "running": 1, ...}: only states that have jobs."""
+        rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state", ())
+        return {r["state"].lower(): r["n"] for r in rows}
+
     def list(self, page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
         offset, limit = page_bounds(page_size, page_token)
         rows = self.db.query("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))

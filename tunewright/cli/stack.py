@@ -10,7 +10,7 @@ import typer
 
 from tunewright.cli.output import JsonFlag, console, print_json
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL
-from tunewright.stack import DEFAULT_PORTS, Stack
+from tunewright.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Stack
 
 
 def up(
@@ -19,16 +19,35 @@ def up(
     data_port: int = DEFAULT_PORTS["data"],
     trainer_port: int = DEFAULT_PORTS["trainer"],
     serve_port: int = DEFAULT_PORTS["serve"],
+    metrics: Annotated[bool, typer.Option(help="serve Prometheus /metrics over HTTP")] = True,
+    data_metrics_port: int = DEFAULT_METRICS_PORTS["data"],
+    trainer_metrics_port: int = DEFAULT_METRICS_PORTS["trainer"],
+    serve_metrics_port: int = DEFAULT_METRICS_PORTS["serve"],
     json: JsonFlag = False,
 ) -> None:
     """Start the data, trainer and serve services on this machine; Ctrl-C stops all three."""
-    stack = Stack(state_dir, host=host, ports={"data": data_port, "trainer": trainer_port, "serve": serve_port})
+    metrics_ports = {"data": data_metrics_port, "trainer": trainer_metrics_port, "serve": serve_metrics_port}
+    stack = Stack(
+        state_dir,
+        host=host,
+        ports={"data": data_port, "trainer": trainer_port, "serve": serve_port},
+        metrics_ports=metrics_ports if metrics else None,
+    )
     stack.start()
+    where = {
+        s: {
+            "address": stack.address(s),
+            "data_dir": str(state_dir / s),
+            "metrics": f"http://{host}:{metrics_ports[s]}/metrics" if metrics else None,
+        }
+        for s in stack.processes
+    }
     if json:
-        print_json({s: {"address": stack.address(s), "data_dir": str(state_dir / s)} for s in stack.processes})
+        print_json(where)
     else:
-        for service in ("data", "trainer", "serve"):
-            console.print(f"{service:8} {stack.address(service)}  data in {state_dir / service}", highlight=False)
+        for service, w in where.items():
+            extra = f"  metrics {w['metrics']}" if w["metrics"] else ""
+            console.print(f"{service:8} {w['address']}  data in {w['data_dir']}{extra}", highlight=False)
         console.print("serving; Ctrl-C or SIGTERM stops all three")
     try:
         stack.wait()

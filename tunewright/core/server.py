@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from tunewright.core import errors
+from tunewright.core.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -86,8 +87,9 @@ def _abort(context: grpc.ServicerContext, error: BaseException, request_id: str)
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Binds request ids to the log, writes one line per call, maps domain errors to statuses."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, metrics: Metrics | None = None) -> None:
         self.service = service
+        self.metrics = metrics
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -103,10 +105,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return request_id, time.monotonic()
 
         def finish(outcome: str, started: float, **extra: Any) -> None:
-            log.info("rpc", outcome=outcome, duration_ms=round((time.monotonic() - started) * 1000, 1), **extra)
+            seconds = time.monotonic() - started
+            log.info("rpc", outcome=outcome, duration_ms=round(seconds * 1000, 1), **extra)
+            if self.metrics is not None:
+                self.metrics.rpcs.labels(method, outcome).inc()
+                self.metrics.rpc_seconds.labels(method).observe(seconds)
 
         def fail(error: Exception, context: grpc.ServicerContext, request_id: str, started: float) -> None:
             if _is_abort(error):
+                code = context.code()
+                finish(code.name if code is not None else "UNKNOWN", started)
                 raise error
             finish(status_of(error)[0].name, started, error=str(error))
             _abort(context, error, request_id)
@@ -162,15 +170,27 @@ def _is_abort(error: BaseException) -> bool:
 class Server:
     """A started gRPC server with its health servicer, so callers can flip it to NOT_SERVING."""
 
-    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer, names: list[str]):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        names: list[str],
+        metrics: Metrics,
+        metrics_port: int | None = None,
+    ):
         self.grpc_server = server
         self.port = port
         self.health = health_servicer
         self.service_names = names
+        self.metrics = metrics
+        # Where /metrics answers over HTTP; None when the service was started without it.
+        self.metrics_port = metrics_port
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        self.metrics.stop()
 
     def wait_for_termination(self) -> None:
         self.grpc_server.wait_for_termination()
@@ -180,17 +200,21 @@ def create_server(
     address: str,
     register: Callable[[grpc.Server], None],
     service_full_names: list[str],
+    metrics: Metrics | None = None,
+    metrics_address: str | None = None,
 ) -> Server:
-    # "tunewright.trainer.v1.TrainerService" -> "trainer", the name on every log line.
-    service = service_full_names[0].split(".")[1]
     """Builds and starts a server on ``address`` ("127.0.0.1:0" picks a free port).
 
     ``register`` adds the service's servicers; ``service_full_names`` are the names
-    announced through health checking and reflection.
+    announced through health checking and reflection. ``metrics`` (a new one when not
+    given) counts every RPC; with ``metrics_address`` it is served over HTTP there.
     """
+    # "tunewright.trainer.v1.TrainerService" -> "trainer", the name on every log line.
+    service = service_full_names[0].split(".")[1]
+    metrics = metrics or Metrics(service)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor(service)],
+        interceptors=[ServiceInterceptor(service, metrics)],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -208,7 +232,8 @@ def create_server(
     server.start()
     for name in ["", *service_full_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(server, port, health_servicer, service_full_names)
+    metrics_port = metrics.serve(metrics_address) if metrics_address else None
+    return Server(server, port, health_servicer, service_full_names, metrics, metrics_port)
 
 
 def serve_until_signalled(server: Server, on_stop: Callable[[], None] | None = None) -> None:
@@ -222,7 +247,7 @@ def serve_until_signalled(server: Server, on_stop: Callable[[], None] | None = N
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    log.info("serving", port=server.port, services=server.service_names)
+    log.info("serving", port=server.port, services=server.service_names, metrics_port=server.metrics_port)
     stopping.wait()
     if on_stop is not None:
         on_stop()
