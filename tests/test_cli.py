@@ -140,9 +140,14 @@ def test_an_unreachable_service_says_where_it_looked_and_how_to_fix_it(services)
     closed = f"127.0.0.1:{free_port()}"
     result = tunewright(services, "--trainer", closed, "jobs", "list")
     assert result.returncode == 1
-    assert result.stderr.strip() == (
-        f"error: UNAVAILABLE (SERVICE_UNAVAILABLE): cannot reach the trainer service at {closed}: check --trainer, "
-        "or point to it with --trainer or TUNEWRIGHT_TRAINER"
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1
+    assert message.startswith(
+        f"error: UNAVAILABLE (SERVICE_UNAVAILABLE): cannot reach the trainer service at {closed} ("
+    )
+    assert message.endswith(
+        "check --trainer, or point to it with --trainer or TUNEWRIGHT_TRAINER; "
+        "if it serves TLS, trust its CA with --ca or TUNEWRIGHT_CA"
     )
 
 

@@ -34,6 +34,7 @@ from grpc_status import rpc_status
 
 from tunewright.connection import Connection
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL
+from tunewright.core.security import open_channel
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
 from tunewright.records import Answer, Dataset, File, Job, JobEvent, Method, Model, Piece
@@ -73,8 +74,9 @@ class ServiceError(Exception):
             return cls(
                 service,
                 code.name,
-                f"cannot reach the {service} service at {address}: {how}, "
-                f"or point to it with --{service} or TUNEWRIGHT_{service.upper()}",
+                f"cannot reach the {service} service at {address} ({error.details()}): {how}, "
+                f"or point to it with --{service} or TUNEWRIGHT_{service.upper()}; "
+                "if it serves TLS, trust its CA with --ca or TUNEWRIGHT_CA",
                 "SERVICE_UNAVAILABLE",
             )
         reason, violations = "", []
@@ -113,7 +115,8 @@ class Client:
 
     Addresses are ``host:port``; any left out come from ``TUNEWRIGHT_DATA``,
     ``TUNEWRIGHT_TRAINER``, ``TUNEWRIGHT_SERVE``, the config file (see
-    ``tunewright.connection``), or the local ``tunewright up``.
+    ``tunewright.connection``), or the local ``tunewright up``; so do the token and TLS
+    settings (``TUNEWRIGHT_TOKEN``, ``TUNEWRIGHT_CA``, ...). ``connection`` gives all of it.
     """
 
     def __init__(
@@ -125,7 +128,8 @@ class Client:
         connection: Connection | None = None,
     ) -> None:
         self.connection = connection or Connection.resolve(data=data, trainer=trainer, serve=serve)
-        self._channels = {s: grpc.insecure_channel(self.connection.address(s)) for s in ("data", "trainer", "serve")}
+        security = self.connection.security
+        self._channels = {s: open_channel(self.connection.address(s), security) for s in ("data", "trainer", "serve")}
         self.data = data_grpc.DataServiceStub(self._channels["data"])
         self.trainer = trainer_grpc.TrainerServiceStub(self._channels["trainer"])
         self.serve = serve_grpc.ServeServiceStub(self._channels["serve"])

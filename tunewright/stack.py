@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tunewright.core.security import ChannelSecurity, LocalSecrets, open_channel
+
 DEFAULT_PORTS = {"data": 50051, "trainer": 50052, "serve": 50053}
 # Prometheus /metrics over HTTP, as `tunewright up` serves it.
 DEFAULT_METRICS_PORTS = {"data": 9451, "trainer": 9452, "serve": 9453}
@@ -36,6 +38,10 @@ class Stack:
     env: dict[str, str] | None = None
     # Each service's /metrics port; None serves no metrics.
     metrics_ports: dict[str, int] | None = None
+    # Tokens and TLS (`tunewright up --secure`): what the services require and present, and
+    # what they, and this object's health checks, use to call each other.
+    secrets: LocalSecrets | None = None
+    mutual_tls: bool = False
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -61,10 +67,23 @@ class Stack:
             command += ["--trainer-service", self.address("trainer")]
         if self.metrics_ports:
             command += ["--metrics-listen", f"{self.host}:{self.metrics_ports[service]}"]
+        if self.secrets is not None:
+            command += ["--tokens", str(self.secrets.tokens_file)]
+            command += [
+                "--tls-cert",
+                str(self.secrets.path("server.pem")),
+                "--tls-key",
+                str(self.secrets.path("server.key")),
+            ]
+            if self.mutual_tls:
+                command += ["--client-ca", str(self.secrets.path("ca.pem"))]
         return command
 
+    def channel_security(self) -> ChannelSecurity:
+        return self.secrets.channel_security(self.mutual_tls) if self.secrets else ChannelSecurity()
+
     def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, **(self.env or {})}
+        env = {**os.environ, **(self.env or {}), **self.channel_security().environment()}
         for service in ("data", "trainer", "serve"):
             output = None
             if self.log_dir is not None:
@@ -82,7 +101,7 @@ class Stack:
 
     def wait_serving(self, service: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address(service)) as channel:
+        with open_channel(self.address(service), self.channel_security()) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.processes[service].poll() is not None:

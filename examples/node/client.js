@@ -13,6 +13,9 @@
 //   TUNEWRIGHT_SERVE_ADDR [127.0.0.1:50053], TUNEWRIGHT_DATASET_FILE
 //   [../support_tickets/tickets.jsonl], TUNEWRIGHT_BASE_MODEL [smollm2-135m-instruct],
 //   TUNEWRIGHT_MAX_STEPS [4], TUNEWRIGHT_PROMPT [a support ticket].
+// With `tunewright up --secure` (a token and TLS): TUNEWRIGHT_TOKEN or TUNEWRIGHT_TOKEN_FILE
+//   (sent as `authorization: Bearer ...` on every call), TUNEWRIGHT_CA (PEM roots to trust;
+//   turns TLS on), and for mutual TLS TUNEWRIGHT_CLIENT_CERT and TUNEWRIGHT_CLIENT_KEY.
 //
 // The .proto files are loaded at run time from ../../protos; there is no code generation.
 // Exits 0 on success and 1 on any failure, with the gRPC status on stderr.
@@ -53,10 +56,29 @@ const packageDefinition = protoLoader.loadSync(
 );
 const tunewright = grpc.loadPackageDefinition(packageDefinition).tunewright;
 
-const credentials = grpc.credentials.createInsecure();
-const data = new tunewright.data.v1.DataService(config.dataAddr, credentials);
-const trainer = new tunewright.trainer.v1.TrainerService(config.trainerAddr, credentials);
-const serve = new tunewright.serve.v1.ServeService(config.serveAddr, credentials);
+// TLS when a CA is given; the token rides on every call through one interceptor.
+const readFile = (file) => (file ? fs.readFileSync(file) : null);
+const credentials = env.TUNEWRIGHT_CA
+  ? grpc.credentials.createSsl(
+      readFile(env.TUNEWRIGHT_CA),
+      readFile(env.TUNEWRIGHT_CLIENT_KEY),
+      readFile(env.TUNEWRIGHT_CLIENT_CERT),
+    )
+  : grpc.credentials.createInsecure();
+const token =
+  env.TUNEWRIGHT_TOKEN ||
+  (env.TUNEWRIGHT_TOKEN_FILE ? fs.readFileSync(env.TUNEWRIGHT_TOKEN_FILE, 'utf8').trim() : '');
+const withToken = (options, nextCall) =>
+  new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      if (token) metadata.set('authorization', `Bearer ${token}`);
+      next(metadata, listener);
+    },
+  });
+const clientOptions = { interceptors: [withToken] };
+const data = new tunewright.data.v1.DataService(config.dataAddr, credentials, clientOptions);
+const trainer = new tunewright.trainer.v1.TrainerService(config.trainerAddr, credentials, clientOptions);
+const serve = new tunewright.serve.v1.ServeService(config.serveAddr, credentials, clientOptions);
 
 const deadlineIn = (ms) => new Date(Date.now() + ms);
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunewright.core.metrics import Metrics
+from tunewright.core.security import ServerSecurity
 from tunewright.core.server import Server, create_server
 from tunewright.plugin_manager import collect_exporters, collect_methods, plugin_manager
 from tunewright.serve.answering import Answerer
@@ -16,7 +17,13 @@ from tunewright.serve.servicer import SERVICE_NAME, ServeServicer, register
 from tunewright.serve.store import ModelStore
 
 
-def start_serve(address: str, data_dir: Path, trainer_service: str, metrics_address: str | None = None) -> Server:
+def start_serve(
+    address: str,
+    data_dir: Path,
+    trainer_service: str,
+    metrics_address: str | None = None,
+    security: ServerSecurity | None = None,
+) -> Server:
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore(data_dir / "serve.sqlite3")
@@ -28,4 +35,4 @@ def start_serve(address: str, data_dir: Path, trainer_service: str, metrics_addr
     )
     metrics = Metrics("serve")
     servicer = ServeServicer(store, exporter, answerer, metrics)
-    return create_server(address, register(servicer), [SERVICE_NAME], metrics, metrics_address)
+    return create_server(address, register(servicer), [SERVICE_NAME], metrics, metrics_address, security)

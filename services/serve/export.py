@@ -38,6 +38,7 @@ from tunewright.core.errors import (
     Unavailable,
 )
 from tunewright.core.ids import parse_name
+from tunewright.core.security import ChannelSecurity, open_channel
 from tunewright.core.timeutil import now
 from tunewright.exporters import Exported, ExporterRegistry, ExportFormat, MergedModel
 from tunewright.methods import Method, detect_runtime
@@ -103,7 +104,7 @@ def _trainer_error(error: grpc.RpcError, job: str, trainer_address: str) -> Exce
 
 
 def get_job(trainer_address: str, job: str) -> trainer_pb.Job:
-    with grpc.insecure_channel(trainer_address) as channel:
+    with open_channel(trainer_address, ChannelSecurity.from_env()) as channel:
         try:
             return trainer_grpc.TrainerServiceStub(channel).GetJob(trainer_pb.GetJobRequest(name=job), timeout=60).job
         except grpc.RpcError as error:
@@ -112,7 +113,7 @@ def get_job(trainer_address: str, job: str) -> trainer_pb.Job:
 
 def fetch_artifact(trainer_address: str, job: str, into: Path) -> None:
     """Streams every file of the job's artifact into ``into``, checking each sha256."""
-    with grpc.insecure_channel(trainer_address) as channel:
+    with open_channel(trainer_address, ChannelSecurity.from_env()) as channel:
         stub = trainer_grpc.TrainerServiceStub(channel)
         receiver: _Receiver | None = None
         try:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tunewright.core.logging import configure_logging
+from tunewright.core.security import add_server_arguments, server_security
 from tunewright.core.server import serve_until_signalled
 from tunewright.trainer.app import start_trainer
 
@@ -18,9 +19,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-service", default="127.0.0.1:50051", help="address of the data service")
     parser.add_argument("--metrics-listen", help="host:port to serve Prometheus /metrics on over HTTP (default: off)")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging("trainer")
-    server, runner = start_trainer(args.listen, args.data_dir, args.data_service, args.metrics_listen)
+    server, runner = start_trainer(
+        args.listen, args.data_dir, args.data_service, args.metrics_listen, server_security(args)
+    )
     serve_until_signalled(server, on_stop=runner.stop)
 
 

@@ -8,6 +8,7 @@ import grpc
 
 from tunewright.core.errors import Unavailable
 from tunewright.core.metrics import Metrics
+from tunewright.core.security import ChannelSecurity, ServerSecurity, open_channel
 from tunewright.core.server import Server, create_server
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
@@ -19,7 +20,7 @@ from tunewright.trainer.store import JobStore
 
 
 def dataset_checker(data_service: str):
-    channel = grpc.insecure_channel(data_service)
+    channel = open_channel(data_service, ChannelSecurity.from_env())
     stub = data_grpc.DataServiceStub(channel)
 
     def exists(name: str) -> bool:
@@ -38,7 +39,11 @@ def dataset_checker(data_service: str):
 
 
 def start_trainer(
-    address: str, data_dir: Path, data_service: str, metrics_address: str | None = None
+    address: str,
+    data_dir: Path,
+    data_service: str,
+    metrics_address: str | None = None,
+    security: ServerSecurity | None = None,
 ) -> tuple[Server, JobRunner]:
     data_dir = Path(data_dir)
     store = JobStore(data_dir / "trainer.sqlite3")
@@ -46,6 +51,6 @@ def start_trainer(
     metrics.add_job_states(store.count_by_state)
     runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "base-models", metrics)
     trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service))
-    server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address)
+    server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address, security)
     runner.start()
     return server, runner

@@ -48,6 +48,7 @@ from tunewright.core.chat import prompt_and_reference, tokenize_for_training
 from tunewright.core.errors import TunewrightError
 from tunewright.core.files import write_bytes_atomic, write_lines_atomic
 from tunewright.core.logging import configure_logging
+from tunewright.core.security import ChannelSecurity, open_channel
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
 from tunewright.methods import Method, detect_runtime
@@ -81,7 +82,7 @@ class Events:
 def fetch_splits(address: str, dataset: str) -> dict[str, list[list[dict[str, str]]]]:
     """The train, validation and test examples of ``dataset``, read over one channel."""
     splits = {"train": data_pb.SPLIT_TRAIN, "validation": data_pb.SPLIT_VALIDATION, "test": data_pb.SPLIT_TEST}
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, ChannelSecurity.from_env()) as channel:
         stub = data_grpc.DataServiceStub(channel)
         try:
             return {

@@ -34,11 +34,20 @@ def root(
     trainer: Annotated[str | None, typer.Option(help="trainer service host:port [env: TUNEWRIGHT_TRAINER]")] = None,
     serve: Annotated[str | None, typer.Option(help="serve service host:port [env: TUNEWRIGHT_SERVE]")] = None,
     config: Annotated[
-        Path | None, typer.Option(help="TOML file with a \\[services] table [env: TUNEWRIGHT_CONFIG]")
+        Path | None, typer.Option(help="TOML file with \\[services] and \\[security] tables [env: TUNEWRIGHT_CONFIG]")
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="file holding the bearer token [env: TUNEWRIGHT_TOKEN_FILE, or TUNEWRIGHT_TOKEN]"),
+    ] = None,
+    ca: Annotated[Path | None, typer.Option(help="PEM roots to trust; turns TLS on [env: TUNEWRIGHT_CA]")] = None,
+    client_cert: Annotated[Path | None, typer.Option(help="client certificate, for mutual TLS")] = None,
+    client_key: Annotated[Path | None, typer.Option(help="its private key")] = None,
 ) -> None:
     settings = ctx.ensure_object(Settings)
     settings.data, settings.trainer, settings.serve, settings.config = data, trainer, serve, config
+    # No --token: a token on the command line shows in `ps` and shell history.
+    settings.security = {"token_file": token_file, "ca": ca, "client_cert": client_cert, "client_key": client_key}
     ctx.call_on_close(settings.close)
 
 
@@ -53,6 +62,7 @@ app.command("chat")(chat.chat)
 def main(argv: list[str] | None = None) -> int:
     from tunewright.client import ServiceError
     from tunewright.connection import ConfigError
+    from tunewright.core.security import SecurityConfigError
 
     try:
         # Typer handles usage mistakes itself (a message and exit code 2) and ends with SystemExit.
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as error:
         reason = f" ({error.reason})" if error.reason and error.reason not in str(error) else ""
         return fail(f"{error.code}{reason}: {error}").exit_code
-    except (ConfigError, OSError) as error:
+    except (ConfigError, SecurityConfigError, OSError) as error:
         return fail(str(error), 2).exit_code
     except KeyboardInterrupt:
         return 130

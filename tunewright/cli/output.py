@@ -28,6 +28,7 @@ class Settings:
     trainer: str | None = None
     serve: str | None = None
     config: Path | None = None
+    security: dict[str, Any] = field(default_factory=dict, repr=False)
     _client: Any = field(default=None, repr=False)
 
     def client(self):
@@ -35,7 +36,9 @@ class Settings:
             from tunewright.client import Client
             from tunewright.connection import Connection
 
-            connection = Connection.resolve(self.config, data=self.data, trainer=self.trainer, serve=self.serve)
+            connection = Connection.resolve(
+                self.config, data=self.data, trainer=self.trainer, serve=self.serve, **self.security
+            )
             self._client = Client(connection=connection)
         return self._client
 

@@ -10,6 +10,7 @@ import typer
 
 from tunewright.cli.output import JsonFlag, console, print_json
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL
+from tunewright.core.security import generate_local_secrets
 from tunewright.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Stack
 
 
@@ -20,6 +21,13 @@ def up(
     trainer_port: int = DEFAULT_PORTS["trainer"],
     serve_port: int = DEFAULT_PORTS["serve"],
     metrics: Annotated[bool, typer.Option(help="serve Prometheus /metrics over HTTP")] = True,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="require a token and serve TLS, with a token and certificates made once in STATE_DIR/secrets"
+        ),
+    ] = False,
+    mutual_tls: Annotated[bool, typer.Option(help="with --secure: clients must present a certificate too")] = False,
     data_metrics_port: int = DEFAULT_METRICS_PORTS["data"],
     trainer_metrics_port: int = DEFAULT_METRICS_PORTS["trainer"],
     serve_metrics_port: int = DEFAULT_METRICS_PORTS["serve"],
@@ -27,11 +35,14 @@ def up(
 ) -> None:
     """Start the data, trainer and serve services on this machine; Ctrl-C stops all three."""
     metrics_ports = {"data": data_metrics_port, "trainer": trainer_metrics_port, "serve": serve_metrics_port}
+    secrets = generate_local_secrets(state_dir / "secrets", ("localhost", "127.0.0.1", host)) if secure else None
     stack = Stack(
         state_dir,
         host=host,
         ports={"data": data_port, "trainer": trainer_port, "serve": serve_port},
         metrics_ports=metrics_ports if metrics else None,
+        secrets=secrets,
+        mutual_tls=secure and mutual_tls,
     )
     stack.start()
     where = {
@@ -42,12 +53,26 @@ def up(
         }
         for s in stack.processes
     }
+    connect = {}
+    if secrets is not None:
+        connect = {"TUNEWRIGHT_TOKEN_FILE": secrets.token_file, "TUNEWRIGHT_CA": secrets.path("ca.pem")}
+        if mutual_tls:
+            connect |= {
+                "TUNEWRIGHT_CLIENT_CERT": secrets.path("client.pem"),
+                "TUNEWRIGHT_CLIENT_KEY": secrets.path("client.key"),
+            }
     if json:
-        print_json(where)
+        print_json({**where, "environment": {k: str(v.resolve()) for k, v in connect.items()}})
     else:
         for service, w in where.items():
             extra = f"  metrics {w['metrics']}" if w["metrics"] else ""
-            console.print(f"{service:8} {w['address']}  data in {w['data_dir']}{extra}", highlight=False)
+            console.print(
+                f"{service:8} {w['address']}  data in {w['data_dir']}{extra}", highlight=False, soft_wrap=True
+            )
+        if connect:
+            console.print("token and TLS required; clients connect with:", highlight=False)
+            exports = " ".join(f"{k}={v.resolve()}" for k, v in connect.items())
+            console.print(f"  export {exports}", highlight=False, soft_wrap=True)
         console.print("serving; Ctrl-C or SIGTERM stops all three")
     try:
         stack.wait()

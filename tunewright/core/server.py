@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from tunewright.core import errors
 from tunewright.core.metrics import Metrics
+from tunewright.core.security import ServerSecurity
 
 log = structlog.get_logger(__name__)
 
@@ -87,9 +88,10 @@ def _abort(context: grpc.ServicerContext, error: BaseException, request_id: str)
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Binds request ids to the log, writes one line per call, maps domain errors to statuses."""
 
-    def __init__(self, service: str, metrics: Metrics | None = None) -> None:
+    def __init__(self, service: str, metrics: Metrics | None = None, security: ServerSecurity | None = None) -> None:
         self.service = service
         self.metrics = metrics
+        self.security = security or ServerSecurity()
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -145,20 +147,41 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
             return wrapped
 
+        denied = self.security.authorize(method, metadata)
+        if denied is None:
+            unary, stream = wrap_unary, wrap_stream
+        else:
+            code, message = denied
+
+            def refuse(request_or_iterator, context):
+                _, started = start(context)
+                finish(code.name, started, error=message)  # the token itself is never logged
+                context.abort(code, message)
+
+            def refuse_stream(request_or_iterator, context) -> Iterator:
+                refuse(request_or_iterator, context)
+                yield  # never reached: abort raises
+
+            def unary(_behavior: Callable) -> Callable:
+                return refuse
+
+            def stream(_behavior: Callable) -> Callable:
+                return refuse_stream
+
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+                unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+                unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+                stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
             )
         return grpc.stream_stream_rpc_method_handler(
-            wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
         )
 
 
@@ -202,19 +225,21 @@ def create_server(
     service_full_names: list[str],
     metrics: Metrics | None = None,
     metrics_address: str | None = None,
+    security: ServerSecurity | None = None,
 ) -> Server:
     """Builds and starts a server on ``address`` ("127.0.0.1:0" picks a free port).
 
     ``register`` adds the service's servicers; ``service_full_names`` are the names
     announced through health checking and reflection. ``metrics`` (a new one when not
     given) counts every RPC; with ``metrics_address`` it is served over HTTP there.
+    ``security`` asks for tokens and serves TLS (``tunewright.core.security``).
     """
     # "tunewright.trainer.v1.TrainerService" -> "trainer", the name on every log line.
     service = service_full_names[0].split(".")[1]
     metrics = metrics or Metrics(service)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor(service, metrics)],
+        interceptors=[ServiceInterceptor(service, metrics, security)],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -226,7 +251,8 @@ def create_server(
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_full_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    credentials = security.server_credentials() if security else None
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise errors.FailedPrecondition(f"could not listen on {address}: is the port in use?", reason="PORT_IN_USE")
     server.start()
