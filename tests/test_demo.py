@@ -32,9 +32,13 @@ def test_demo_runs_the_whole_path_and_writes_its_results(method, tiny_model, tmp
         "--method",
         method,
     ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # With --json (prefix): the results alone on stdout, the commentary on stderr.
+    as_json = method == "prefix"
+    run = subprocess.run(command + ["--json"] * as_json, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    out = run.stdout
+    out = run.stderr if as_json else run.stdout
+    if as_json:
+        assert json.loads(run.stdout) == json.loads(results.read_text())
     for expected in (
         "queued",
         "running",

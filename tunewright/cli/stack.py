@@ -90,8 +90,15 @@ def demo(
     learning_rate: Annotated[float, typer.Option(help="peak learning rate (0: the method's own)")] = 0.0,
     epochs: int = 2,
     results: Annotated[Path, typer.Option(help="where the results are written as JSON")] = Path("demo-results.json"),
+    json: Annotated[
+        bool, typer.Option("--json", help="print the results as JSON on stdout (the running commentary goes to stderr)")
+    ] = False,
 ) -> None:
     """Fine-tune the built-in model on the support-ticket example, end to end, on its own services."""
+    import contextlib
+    import json as jsonlib
+    import sys
+
     from tunewright.demo import run_demo
 
     args = argparse.Namespace(
@@ -103,9 +110,12 @@ def demo(
         epochs=epochs,
         results=results,
     )
-    code = run_demo(args)
+    with contextlib.redirect_stdout(sys.stderr) if json else contextlib.nullcontext():
+        code = run_demo(args)
     if code:
         raise typer.Exit(code)
+    if json:
+        print_json(jsonlib.loads(results.read_text()))
 
 
 def register(app: typer.Typer) -> None:
