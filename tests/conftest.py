@@ -136,21 +136,10 @@ def services(tmp_path_factory):
 
 def rich_error(error: grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
     """(ErrorInfo.reason, [(field, description)]) unpacked from a rich gRPC status."""
-    from google.rpc import error_details_pb2
+    from tunewright.client import unpack_status
 
-    status = rpc_status.from_call(error)
-    assert status is not None, f"no rich status on {error.code()}: {error.details()}"
-    reason, violations = "", []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations = [(v.field, v.description) for v in bad.field_violations]
-    return reason, violations
+    assert rpc_status.from_call(error) is not None, f"no rich status on {error.code()}: {error.details()}"
+    return unpack_status(error)
 
 
 def run_job(client, base_model, dataset: str, method: str = "lora", **hyperparameters):

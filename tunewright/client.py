@@ -79,18 +79,24 @@ class ServiceError(Exception):
                 "if it serves TLS, trust its CA with --ca or TUNEWRIGHT_CA",
                 "SERVICE_UNAVAILABLE",
             )
-        reason, violations = "", []
-        status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
-        for detail in status.details if status else []:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                violations = [(v.field, v.description) for v in bad.field_violations]
+        reason, violations = unpack_status(error)
         return cls(service, code.name, error.details() or code.name, reason, violations)
+
+
+def unpack_status(error: grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
+    """(ErrorInfo.reason, [(field, description)]) from a rich status; ("", []) without one."""
+    reason, violations = "", []
+    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    return reason, violations
 
 
 def full_name(collection: str, name: str) -> str:

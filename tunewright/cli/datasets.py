@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tunewright.cli.output import JsonFlag, client, console, print_json, when
+from tunewright.cli.output import JsonFlag, client, console, emit, print_json, when
 from tunewright.records import Dataset
 
 app = typer.Typer(help="Upload, validate and split training data.", no_args_is_help=True)
@@ -46,10 +46,7 @@ def upload(
     dataset = client(ctx).upload_dataset(
         file, name, validation_fraction=validation_fraction, test_fraction=test_fraction, split_seed=split_seed
     )
-    if json:
-        print_json(dataset)
-    else:
-        show_dataset(dataset)
+    emit(json, dataset, show_dataset)
 
 
 @app.command("list")
@@ -72,10 +69,7 @@ def list_(ctx: typer.Context, json: JsonFlag = False) -> None:
 def show(ctx: typer.Context, dataset: str, json: JsonFlag = False) -> None:
     """One dataset: its file, format, size and splits."""
     found = client(ctx).get_dataset(dataset)
-    if json:
-        print_json(found)
-    else:
-        show_dataset(found)
+    emit(json, found, show_dataset)
 
 
 @app.command()

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tunewright.cli.output import JsonFlag, client, console, fail, percent, print_json, when
+from tunewright.cli.output import JsonFlag, client, console, emit, fail, percent, print_json, when
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL
 from tunewright.records import Job, JobEvent, JobState, Method
 
@@ -161,10 +161,7 @@ def show_job(job: Job) -> None:
 def show(ctx: typer.Context, job: str, json: JsonFlag = False) -> None:
     """One job: its settings, progress, error, and the base-against-tuned table."""
     found = client(ctx).get_job(job)
-    if json:
-        print_json(found)
-    else:
-        show_job(found)
+    emit(json, found, show_job)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tunewright.cli.output import JsonFlag, client, console, fail, print_json, when
+from tunewright.cli.output import JsonFlag, client, console, emit, fail, print_json, when
 from tunewright.records import Model
 
 app = typer.Typer(help="Export fine-tuned models and register them with Ollama.", no_args_is_help=True)
@@ -72,10 +72,7 @@ def export(
         if host:
             options["host"] = host
         model = c.push_model(model.name, "ollama", options)
-    if json:
-        print_json(model)
-    else:
-        show_model(model)
+    emit(json, model, show_model)
 
 
 @app.command()
@@ -90,10 +87,7 @@ def push(
 ) -> None:
     """Register an exported model with Ollama (or another push target)."""
     pushed = client(ctx).push_model(model, target, parse_options(option or []))
-    if json:
-        print_json(pushed)
-    else:
-        show_model(pushed)
+    emit(json, pushed, show_model)
 
 
 @app.command("list")
@@ -121,7 +115,4 @@ def list_(ctx: typer.Context, json: JsonFlag = False) -> None:
 def show(ctx: typer.Context, model: str, json: JsonFlag = False) -> None:
     """One model: its files, template, verification and pushes."""
     found = client(ctx).get_model(model)
-    if json:
-        print_json(found)
-    else:
-        show_model(found)
+    emit(json, found, show_model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,6 +56,14 @@ def print_json(value: Any) -> None:
     """One JSON document on one line: ``jq`` and ``json.loads`` read it, line by line for streams."""
     sys.stdout.write(json.dumps(as_json(value), ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def emit(json: bool, value: Any, show: Callable[[Any], None]) -> None:
+    """``value`` as JSON with --json, else as ``show`` prints it for people."""
+    if json:
+        print_json(value)
+    else:
+        show(value)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
