@@ -136,6 +136,32 @@ def test_logs_are_json_lines_bound_with_service_rpc_request_and_job(up):
     assert created["job_id"].startswith("job-")
 
 
+def serving(stack, service: str) -> bool:
+    try:
+        with grpc.insecure_channel(stack.address(service)) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_a_killed_service_is_back_within_10_s_and_the_others_keep_serving(up, service):
+    process, stack, state = up
+    child = next(c for c in psutil.Process(process.pid).children() if f"tunewright.{service}" in c.cmdline())
+    child.kill()  # SIGKILL: no goodbye
+    killed_at = time.monotonic()
+    child.wait(timeout=10)
+    while not serving(stack, service):
+        assert time.monotonic() - killed_at < 10, f"{service} was not back within 10 s"
+        assert all(serving(stack, other) for other in SERVICES if other != service)
+        time.sleep(0.2)
+    assert all(serving(stack, other) for other in SERVICES)
+    again = [c for c in psutil.Process(process.pid).children() if f"tunewright.{service}" in c.cmdline()]
+    assert len(again) == 1 and again[0].pid != child.pid
+    assert f"{service} exited with code -9; restarting in 0 s" in (state / "up.log").read_text()
+
+
 def test_sigterm_stops_all_three_gracefully(up):
     process, stack, _ = up
     children = psutil.Process(process.pid).children()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from tunewright.core.security import ChannelSecurity, LocalSecrets, open_channel
 DEFAULT_PORTS = {"data": 50051, "trainer": 50052, "serve": 50053}
 # Prometheus /metrics over HTTP, as `tunewright up` serves it.
 DEFAULT_METRICS_PORTS = {"data": 9451, "trainer": 9452, "serve": 9453}
+# `tunewright up` restarts a service that dies: at once, then after 1, 2, 4 ... 30 s while it
+# keeps dying; a service up for a minute starts again from no wait.
+MAX_BACKOFF_SECONDS = 30.0
+STABLE_SECONDS = 60.0
 
 
 def free_port() -> int:
@@ -82,16 +87,21 @@ class Stack:
     def channel_security(self) -> ChannelSecurity:
         return self.secrets.channel_security(self.mutual_tls) if self.secrets else ChannelSecurity()
 
-    def start(self, timeout: float = 60.0) -> None:
+    def _spawn(self, service: str) -> None:
         env = {**os.environ, **(self.env or {}), **self.channel_security().environment()}
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.processes[service] = subprocess.Popen(
+            self._command(service), env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
+        )
+        if output is not None:
+            output.close()  # the child has its own copy
+
+    def start(self, timeout: float = 60.0) -> None:
         for service in ("data", "trainer", "serve"):
-            output = None
-            if self.log_dir is not None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                output = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the child
-            self.processes[service] = subprocess.Popen(
-                self._command(service), env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
-            )
+            self._spawn(service)
         try:
             for service in self.processes:
                 self.wait_serving(service, timeout)
@@ -133,10 +143,33 @@ class Stack:
                 codes[service] = process.wait()
         return codes
 
-    def wait(self) -> None:
-        """Blocks until a service exits or this process is told to stop."""
+    def wait(self, on_restart: Callable[[str, str], None] | None = None) -> None:
+        """Supervises the services until this process is told to stop: a service that exits
+        is started again, at once the first time, then after a backoff that doubles up to
+        ``MAX_BACKOFF_SECONDS`` while it keeps dying, and resets once it has stayed up for
+        ``STABLE_SECONDS``. The others keep serving meanwhile. ``on_restart(service, why)``
+        hears about each restart."""
         stopping = []
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
-        while not stopping and all(p.poll() is None for p in self.processes.values()):
-            time.sleep(0.5)
+        backoff = dict.fromkeys(self.processes, 0.0)
+        started = dict.fromkeys(self.processes, time.monotonic())
+        due: dict[str, float] = {}
+        while not stopping:
+            now = time.monotonic()
+            for service, process in self.processes.items():
+                if service in due or process.poll() is None:
+                    if now - started[service] > STABLE_SECONDS:
+                        backoff[service] = 0.0
+                    continue
+                due[service] = now + backoff[service]
+                why = f"exited with code {process.returncode}; restarting in {backoff[service]:.0f} s"
+                if on_restart is not None:
+                    on_restart(service, why)
+                backoff[service] = min(MAX_BACKOFF_SECONDS, max(1.0, 2 * backoff[service]))
+            for service, when in list(due.items()):
+                if now >= when and not stopping:
+                    del due[service]
+                    self._spawn(service)
+                    started[service] = time.monotonic()
+            time.sleep(0.2)

@@ -7,11 +7,13 @@ worker said and how it exited.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -26,6 +28,10 @@ from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEED
 log = structlog.get_logger(__name__)
 
 KILL_AFTER_SECONDS = 10.0
+# A worker that dies without reporting an error (a signal, the out-of-memory killer, a crash
+# in native code) is run again, up to this many runs in all, before its job is FAILED.
+MAX_WORKER_ATTEMPTS = 3
+WORKER_PID = "worker.pid"
 
 
 class JobRunner:
@@ -41,6 +47,8 @@ class JobRunner:
         self._lock = threading.Lock()
         self._current: tuple[str, subprocess.Popen] | None = None
         self._cancelled: set[str] = set()
+        # Runs of each job's worker so far in this trainer's life.
+        self._attempts: dict[str, int] = {}
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
 
     def _measure(self, event: contract.WorkerEvent) -> None:
@@ -59,7 +67,23 @@ class JobRunner:
     def start(self) -> None:
         for job_id in self.store.requeue_interrupted():
             log.warning("requeued interrupted job", job_id=job_id)
+            self._end_orphan(job_id)
         self._thread.start()
+
+    def _end_orphan(self, job_id: str) -> None:
+        """Ends the worker a dead trainer left running for ``job_id``: it would go on writing
+        into the job's folder while the job runs again. Checked by its command line, so a
+        recycled process id is never hit."""
+        pid_file = self.job_dir(job_id) / WORKER_PID
+        try:
+            pid = int(pid_file.read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if b"tunewright.trainer.worker" in command and str(self.job_dir(job_id)).encode() in command:
+            log.warning("ending the orphaned worker of a dead trainer", job_id=job_id, pid=pid)
+            self._terminate_group(pid)
+        pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Stops the runner. A running job's worker is stopped and the job queued again, so
@@ -93,6 +117,17 @@ class JobRunner:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    @staticmethod
+    def _terminate_group(pid: int) -> None:
+        """SIGTERM, then SIGKILL, to a worker's process group that is not this process's child."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + KILL_AFTER_SECONDS
+            while time.monotonic() < deadline:
+                os.killpg(pid, 0)  # raises ProcessLookupError once the group is gone
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -142,7 +177,9 @@ class JobRunner:
         os.close(write_fd)
         with self._lock:
             self._current = (job.id, process)
-        bound.info("worker started", pid=process.pid)
+        (job_dir / WORKER_PID).write_text(f"{process.pid}\n")
+        self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
+        bound.info("worker started", pid=process.pid, attempt=self._attempts[job.id])
         error: Failed | None = None
         done = False
         with os.fdopen(read_fd, "rb") as events:
@@ -160,6 +197,7 @@ class JobRunner:
                     self.store.record(job.id, contract.event_kind(event), contract.event_payload(event))
                     self._measure(event)
         code = process.wait()
+        (job_dir / WORKER_PID).unlink(missing_ok=True)
         with self._lock:
             self._current = None
             cancelled = job.id in self._cancelled
@@ -179,9 +217,18 @@ class JobRunner:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if code == -signal.SIGKILL:
                 how += " (out of memory?)"
+            attempts = self._attempts.get(job.id, 1)
+            if attempts < MAX_WORKER_ATTEMPTS:
+                self.store.requeue(
+                    job.id,
+                    f"the worker {how} without reporting an error; running it again "
+                    f"(run {attempts + 1} of at most {MAX_WORKER_ATTEMPTS})",
+                )
+                return
             self.store.set_state(
                 job.id,
                 FAILED,
                 "WORKER_CRASHED",
-                f"the worker {how} without reporting an error; see {job_dir / WORKER_LOG}",
+                f"the worker {how} without reporting an error, {attempts} times; see {job_dir / WORKER_LOG}",
             )
+        self._attempts.pop(job.id, None)

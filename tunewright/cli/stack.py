@@ -33,7 +33,8 @@ def up(
     serve_metrics_port: int = DEFAULT_METRICS_PORTS["serve"],
     json: JsonFlag = False,
 ) -> None:
-    """Start the data, trainer and serve services on this machine; Ctrl-C stops all three."""
+    """Start the data, trainer and serve services on this machine and keep them up (a service
+    that dies is started again); Ctrl-C stops all three."""
     metrics_ports = {"data": data_metrics_port, "trainer": trainer_metrics_port, "serve": serve_metrics_port}
     secrets = generate_local_secrets(state_dir / "secrets", ("localhost", "127.0.0.1", host)) if secure else None
     stack = Stack(
@@ -75,7 +76,7 @@ def up(
             console.print(f"  export {exports}", highlight=False, soft_wrap=True)
         console.print("serving; Ctrl-C or SIGTERM stops all three")
     try:
-        stack.wait()
+        stack.wait(on_restart=lambda service, why: console.print(f"{service} {why}", highlight=False))
     finally:
         stack.stop()
 

@@ -1,0 +1,77 @@
+"""A worker that dies is run again, up to a limit; a worker a dead trainer left behind is ended."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from conftest import ticket_lines
+from tunewright.trainer.runner import MAX_WORKER_ATTEMPTS, WORKER_PID, JobRunner
+from tunewright.trainer.store import QUEUED, RUNNING, JobStore
+
+
+def train_killing_workers(services, tiny_model, kills: int):
+    """Runs a 12-step job and SIGKILLs its worker at its 2nd step, ``kills`` times."""
+    client = services.client
+    dataset = client.create_dataset(client.upload_bytes("k.jsonl", ("\n".join(ticket_lines(40)) + "\n").encode()).name)
+    job = client.create_job(dataset.name, base_model=str(tiny_model), epochs=3, batch_size=8, evaluate=False)
+    pid_file = services.root / "trainer" / "jobs" / job.name.split("/")[1] / WORKER_PID
+    killed, events = [], []
+    for event in client.watch_job(job.name):
+        events.append(event)
+        if event.progress and event.progress.step == 2 and len(killed) < kills:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return client.get_job(job.name), events, killed
+
+
+def test_a_killed_worker_is_run_again_and_the_job_succeeds(services, tiny_model):
+    job, events, killed = train_killing_workers(services, tiny_model, kills=1)
+    assert job.state == "succeeded" and job.progress.step == 12 and len(killed) == 1
+    states = [e.state for e in events if e.state]
+    assert states == ["queued", "running", "queued", "running", "succeeded"]
+    assert any(
+        e.log and "killed by signal 9" in e.log and f"run 2 of at most {MAX_WORKER_ATTEMPTS}" in e.log for e in events
+    )
+
+
+def test_a_worker_that_keeps_dying_fails_the_job_after_the_last_run(services, tiny_model):
+    job, events, killed = train_killing_workers(services, tiny_model, kills=MAX_WORKER_ATTEMPTS)
+    assert len(set(killed)) == MAX_WORKER_ATTEMPTS
+    assert job.state == "failed" and job.error.code == "WORKER_CRASHED"
+    assert f"{MAX_WORKER_ATTEMPTS} times" in job.error.message and "worker.log" in job.error.message
+
+
+def test_a_restarted_trainer_ends_the_worker_its_predecessor_left_running(tmp_path):
+    store = JobStore(tmp_path / "trainer.sqlite3")
+    job, _ = store.create("", "base", "datasets/d", "lora", {}, {})
+    assert store.set_state(job.id, RUNNING, only_from=(QUEUED,))
+    job_dir = tmp_path / "jobs" / job.id
+    job_dir.mkdir(parents=True)
+    # Stands in for the worker: the same command-line words, its own session as workers have.
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "-m", "tunewright.trainer.worker", str(job_dir)],
+        start_new_session=True,
+    )
+    (job_dir / WORKER_PID).write_text(f"{orphan.pid}\n")
+    # An unrelated process under a stale pid file is left alone.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    other, _ = store.create("", "base", "datasets/d", "lora", {}, {})
+    store.set_state(other.id, RUNNING, only_from=(QUEUED,))
+    (tmp_path / "jobs" / other.id).mkdir()
+    (tmp_path / "jobs" / other.id / WORKER_PID).write_text(f"{bystander.pid}\n")
+
+    runner = JobRunner(store, tmp_path / "jobs", "127.0.0.1:1", tmp_path / "cache")
+    try:
+        runner.start()
+        assert orphan.wait(timeout=15) == -signal.SIGTERM
+        assert bystander.poll() is None
+        logs = [e.payload.get("text", "") for e in store.events_after(job.id, 0) if e.kind == "log"]
+        assert "the trainer restarted while this job ran; it was queued again" in logs
+    finally:
+        runner.stop()
+        bystander.kill()
+        bystander.wait()
