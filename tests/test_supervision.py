@@ -75,3 +75,46 @@ def test_a_restarted_trainer_ends_the_worker_its_predecessor_left_running(tmp_pa
         runner.stop()
         bystander.kill()
         bystander.wait()
+
+
+def test_jobs_run_side_by_side_up_to_the_limit_and_the_queue_says_each_place(tmp_path, tiny_model):
+    import time
+
+    from tunewright.client import Client
+    from tunewright.data.app import start_data
+    from tunewright.trainer.app import start_trainer
+
+    data = start_data("127.0.0.1:0", tmp_path / "data")
+    trainer, runner = start_trainer("127.0.0.1:0", tmp_path / "trainer", f"127.0.0.1:{data.port}", max_running_jobs=2)
+    client = Client(f"127.0.0.1:{data.port}", f"127.0.0.1:{trainer.port}", "127.0.0.1:1")
+    try:
+        dataset = client.create_dataset(
+            client.upload_bytes("q.jsonl", ("\n".join(ticket_lines(40)) + "\n").encode()).name
+        )
+        jobs = [
+            client.create_job(dataset.name, base_model=str(tiny_model), epochs=3, batch_size=8, evaluate=False)
+            for _ in range(4)
+        ]
+        seen_two_running = False
+        positions = set()
+        deadline = time.monotonic() + 600
+        while not all(client.get_job(j.name).state.finished for j in jobs):
+            assert time.monotonic() < deadline
+            now = {j.name: client.get_job(j.name) for j in jobs}
+            running = [j for j in now.values() if j.state == "running"]
+            assert len(running) <= 2
+            seen_two_running |= len(running) == 2
+            queued = sorted((j for j in now.values() if j.state == "queued"), key=lambda j: j.queue_position)
+            assert [j.queue_position for j in queued] == list(range(1, len(queued) + 1))
+            # First come, first served: a queued job was created after every running one.
+            assert all(q.create_time >= r.create_time for q in queued for r in running)
+            positions |= {j.queue_position for j in queued}
+            time.sleep(0.2)
+        assert seen_two_running and positions >= {1}
+        assert all(client.get_job(j.name).state == "succeeded" for j in jobs)
+        assert all(client.get_job(j.name).queue_position == 0 for j in jobs)
+    finally:
+        client.close()
+        runner.stop()
+        trainer.stop(grace=0)
+        data.stop(grace=0)

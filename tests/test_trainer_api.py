@@ -174,7 +174,7 @@ def test_cancel_stops_the_worker_and_the_job_ends_cancelled(services, tiny_model
             break
     cancelled = services.client.trainer.CancelJob(pb.CancelJobRequest(name=job.name)).job
     assert cancelled.state == pb.JOB_STATE_CANCELLED
-    assert services.runner._current is None  # the worker process is gone
+    assert job.name.split("/")[1] not in services.runner._running  # the worker process is gone
     with pytest.raises(grpc.RpcError) as caught:
         services.client.trainer.CancelJob(pb.CancelJobRequest(name=job.name))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

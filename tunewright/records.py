@@ -232,6 +232,8 @@ class Job:
     error: JobError | None
     progress: Progress | None
     evaluation: Evaluation | None
+    # While queued: 1 runs next; else 0.
+    queue_position: int = 0
 
     @classmethod
     def from_pb(cls, m: trainer_pb.Job) -> Job:
@@ -250,6 +252,7 @@ class Job:
             error=JobError(m.error.code, m.error.message) if m.HasField("error") and m.error.code else None,
             progress=Progress.from_pb(m.progress) if m.HasField("progress") else None,
             evaluation=Evaluation.from_pb(m.evaluation) if m.HasField("evaluation") else None,
+            queue_position=m.queue_position,
         )
 
 

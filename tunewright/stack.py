@@ -47,6 +47,7 @@ class Stack:
     # what they, and this object's health checks, use to call each other.
     secrets: LocalSecrets | None = None
     mutual_tls: bool = False
+    max_running_jobs: int = 1
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -67,7 +68,7 @@ class Stack:
             str(self.state_dir / service),
         ]
         if service == "trainer":
-            command += ["--data-service", self.address("data")]
+            command += ["--data-service", self.address("data"), "--max-running-jobs", str(self.max_running_jobs)]
         if service == "serve":
             command += ["--trainer-service", self.address("trainer")]
         if self.metrics_ports:

@@ -19,11 +19,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-service", default="127.0.0.1:50051", help="address of the data service")
     parser.add_argument("--metrics-listen", help="host:port to serve Prometheus /metrics on over HTTP (default: off)")
+    parser.add_argument(
+        "--max-running-jobs",
+        type=int,
+        default=1,
+        help="jobs that train at once (default 1: on a small CPU machine one job uses every core)",
+    )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging("trainer")
     server, runner = start_trainer(
-        args.listen, args.data_dir, args.data_service, args.metrics_listen, server_security(args)
+        args.listen,
+        args.data_dir,
+        args.data_service,
+        args.metrics_listen,
+        server_security(args),
+        args.max_running_jobs,
     )
     serve_until_signalled(server, on_stop=runner.stop)
 

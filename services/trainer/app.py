@@ -44,12 +44,13 @@ def start_trainer(
     data_service: str,
     metrics_address: str | None = None,
     security: ServerSecurity | None = None,
+    max_running_jobs: int = 1,
 ) -> tuple[Server, JobRunner]:
     data_dir = Path(data_dir)
     store = JobStore(data_dir / "trainer.sqlite3")
     metrics = Metrics("trainer")
     metrics.add_job_states(store.count_by_state)
-    runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "base-models", metrics)
+    runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "base-models", metrics, max_running_jobs)
     trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service))
     server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address, security)
     runner.start()

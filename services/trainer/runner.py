@@ -36,8 +36,16 @@ WORKER_PID = "worker.pid"
 
 class JobRunner:
     def __init__(
-        self, store: JobStore, jobs_dir: Path, data_service: str, model_cache: Path, metrics: Metrics | None = None
+        self,
+        store: JobStore,
+        jobs_dir: Path,
+        data_service: str,
+        model_cache: Path,
+        metrics: Metrics | None = None,
+        max_running: int = 1,
     ) -> None:
+        if max_running < 1:
+            raise ValueError("max_running must be at least 1")
         self.store = store
         self.metrics = metrics
         self.jobs_dir = Path(jobs_dir)
@@ -45,11 +53,15 @@ class JobRunner:
         self.model_cache = Path(model_cache)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._current: tuple[str, subprocess.Popen] | None = None
+        # The workers running now, by job id.
+        self._running: dict[str, subprocess.Popen] = {}
         self._cancelled: set[str] = set()
         # Runs of each job's worker so far in this trainer's life.
         self._attempts: dict[str, int] = {}
-        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        # One thread a slot: each takes the oldest queued job, so the queue is first come, first served.
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"job-runner-{slot}", daemon=True) for slot in range(max_running)
+        ]
 
     def _measure(self, event: contract.WorkerEvent) -> None:
         if self.metrics is None:
@@ -68,7 +80,8 @@ class JobRunner:
         for job_id in self.store.requeue_interrupted():
             log.warning("requeued interrupted job", job_id=job_id)
             self._end_orphan(job_id)
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def _end_orphan(self, job_id: str) -> None:
         """Ends the worker a dead trainer left running for ``job_id``: it would go on writing
@@ -86,27 +99,29 @@ class JobRunner:
         pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
-        """Stops the runner. A running job's worker is stopped and the job queued again, so
-        the next start of the trainer runs it from the beginning."""
+        """Stops the runner. Running jobs' workers are stopped and the jobs queued again, so
+        the next start of the trainer runs them from the beginning."""
         self._stopping.set()
         with self.store.changed:
             self.store.changed.notify_all()
         with self._lock:
-            current = self._current
-        if current is not None:
-            self._terminate(current[1])
-        self._thread.join(timeout=KILL_AFTER_SECONDS + 5)
+            running = list(self._running.values())
+        for process in running:
+            self._terminate(process)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=KILL_AFTER_SECONDS + 5)
 
     def cancel(self, job_id: str) -> bool:
         """Cancels a queued or running job; False if it had already finished."""
         if self.store.set_state(job_id, CANCELLED, only_from=(QUEUED,)):
             return True
         with self._lock:
-            current = self._current
-            if current is None or current[0] != job_id:
+            process = self._running.get(job_id)
+            if process is None:
                 return False
             self._cancelled.add(job_id)
-        self._terminate(current[1])
+        self._terminate(process)
         return True
 
     def _terminate(self, process: subprocess.Popen) -> None:
@@ -176,7 +191,7 @@ class JobRunner:
             )
         os.close(write_fd)
         with self._lock:
-            self._current = (job.id, process)
+            self._running[job.id] = process
         (job_dir / WORKER_PID).write_text(f"{process.pid}\n")
         self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
         bound.info("worker started", pid=process.pid, attempt=self._attempts[job.id])
@@ -199,7 +214,7 @@ class JobRunner:
         code = process.wait()
         (job_dir / WORKER_PID).unlink(missing_ok=True)
         with self._lock:
-            self._current = None
+            del self._running[job.id]
             cancelled = job.id in self._cancelled
             self._cancelled.discard(job.id)
         bound.info("worker exited", exit_code=code)

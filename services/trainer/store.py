@@ -171,6 +171,11 @@ class JobStore:
         rows = self.db.query("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))
         return [_job(r) for r in rows], next_token(offset, limit, len(rows))
 
+    def queue_positions(self) -> dict[str, int]:
+        """Each queued job's place in the queue: 1 runs next. The queue is first come, first served."""
+        rows = self.db.query("SELECT id FROM jobs WHERE state = ? ORDER BY seq", (QUEUED,))
+        return {row["id"]: position for position, row in enumerate(rows, start=1)}
+
     def next_queued(self) -> JobRecord | None:
         row = self.db.query_one("SELECT * FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,))
         return _job(row) if row else None

@@ -108,7 +108,7 @@ def list_(ctx: typer.Context, json: JsonFlag = False) -> None:
         p = job.progress
         table.add_row(
             job.name,
-            str(job.state),
+            f"queued (#{job.queue_position})" if job.queue_position else str(job.state),
             job.method,
             job.base_model,
             job.dataset,
@@ -123,7 +123,7 @@ def show_job(job: Job) -> None:
     table = Table(show_header=False, box=None)
     rows = [
         ("name", job.name),
-        ("state", str(job.state)),
+        ("state", f"queued, #{job.queue_position} in the queue" if job.queue_position else str(job.state)),
         ("method", f"{job.method} {jsonlib.dumps(job.method_parameters) if job.method_parameters else ''}"),
         ("base model", job.base_model),
         ("dataset", job.dataset),

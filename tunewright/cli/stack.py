@@ -28,6 +28,7 @@ def up(
         ),
     ] = False,
     mutual_tls: Annotated[bool, typer.Option(help="with --secure: clients must present a certificate too")] = False,
+    max_running_jobs: Annotated[int, typer.Option(help="jobs that train at once; more wait in the queue")] = 1,
     data_metrics_port: int = DEFAULT_METRICS_PORTS["data"],
     trainer_metrics_port: int = DEFAULT_METRICS_PORTS["trainer"],
     serve_metrics_port: int = DEFAULT_METRICS_PORTS["serve"],
@@ -44,6 +45,7 @@ def up(
         metrics_ports=metrics_ports if metrics else None,
         secrets=secrets,
         mutual_tls=secure and mutual_tls,
+        max_running_jobs=max_running_jobs,
     )
     stack.start()
     where = {
