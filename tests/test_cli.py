@@ -61,6 +61,8 @@ def test_the_whole_path_upload_train_watch_plot_export_chat(services, tiny_model
             "2",
             "--batch-size",
             "8",
+            "--micro-batch-size",
+            "3",
             "--json",
         )
     )
@@ -70,6 +72,7 @@ def test_the_whole_path_upload_train_watch_plot_export_chat(services, tiny_model
     assert job["method"] == "lora" and job["method_parameters"]["r"] == 4
     assert job["method_parameters"]["target_modules"] == ["q_proj", "v_proj"]
     assert job["hyperparameters"]["epochs"] == 2 and job["hyperparameters"]["batch_size"] == 8
+    assert job["hyperparameters"]["micro_batch_size"] == 3
 
     watched = tunewright(services, "jobs", "watch", job["name"], "--json")
     assert watched.returncode == 0, watched.stderr

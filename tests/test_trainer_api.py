@@ -138,6 +138,7 @@ def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model
             "method_parameters.quant_type",
         ),
         (dict(epochs=0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.epochs"),
+        (dict(batch_size=4, micro_batch_size=8), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.micro_batch_size"),
         (dict(learning_rate=5.0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.learning_rate"),
         (dict(dataset="datasets/missing"), grpc.StatusCode.NOT_FOUND, "dataset"),
     ]

@@ -69,6 +69,8 @@ class Hyperparameters(_Frozen):
     max_steps: int = 0
     evaluate: bool = True
     eval_max_new_tokens: int = 48
+    # Examples per forward/backward pass; gradients accumulate over the step. 0: batch_size.
+    micro_batch_size: int = 0
 
 
 class JobSpec(_Frozen):

@@ -27,6 +27,7 @@ LIMITS = {
     "max_seq_length": (16, 131072),
     "max_steps": (0, 10_000_000),
     "eval_max_new_tokens": (1, 4096),
+    "micro_batch_size": (0, 1024),
 }
 
 
@@ -42,6 +43,15 @@ def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparam
     if not 0 < values["learning_rate"] < 1:
         violations.append(
             FieldViolation("hyperparameters.learning_rate", f"must be in (0, 1), got {values['learning_rate']}")
+        )
+    batch_size = values.get("batch_size", Hyperparameters().batch_size)
+    if values.get("micro_batch_size", 0) > batch_size:
+        violations.append(
+            FieldViolation(
+                "hyperparameters.micro_batch_size",
+                f"must be at most batch_size ({batch_size}), got {values['micro_batch_size']}; "
+                "it splits each batch, it does not grow it",
+            )
         )
     if violations:
         raise InvalidArgument(

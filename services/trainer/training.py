@@ -92,9 +92,8 @@ def train(
             if step >= steps:
                 break
             started = time.perf_counter()
-            batch = collate([examples[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]], pad_id, device)
-            loss = model(**batch).loss
-            loss.backward()
+            step_examples = [examples[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]]
+            loss, tokens = accumulate_gradients(model, step_examples, hp.micro_batch_size, pad_id, device)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -102,13 +101,12 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             epoch_done = epoch + (b + 1) / batches_per_epoch
-            tokens = int(batch["attention_mask"].sum())
             on_progress(
                 Progress(
                     step=step,
                     total_steps=steps,
                     epoch=epoch_done,
-                    loss=float(loss.detach()),
+                    loss=loss,
                     learning_rate=learning_rate,
                     tokens_per_second=tokens / (time.perf_counter() - started),
                     peak_memory_bytes=peak_memory_bytes(device),
@@ -117,6 +115,28 @@ def train(
         if validate is not None:
             validate(step, epoch_done)
             model.train()
+
+
+def accumulate_gradients(
+    model: Any, examples: list[TokenizedExample], micro_batch_size: int, pad_id: int, device: torch.device
+) -> tuple[float, int]:
+    """Adds to the parameters' ``.grad`` the gradient of the batch's mean loss per trained
+    token, in passes of ``micro_batch_size`` examples (0: one pass). Each pass's mean loss is
+    weighted by its share of the batch's trained tokens, so the gradient is the one pass's
+    over the whole batch, whatever the split. Returns (the batch's mean loss, its tokens)."""
+    size = micro_batch_size or len(examples)
+    chunks = [collate(examples[i : i + size], pad_id, device) for i in range(0, len(examples), size)]
+    # The model's loss is the mean over the labels after the one-token shift: count those.
+    trained = [int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in chunks]
+    total = max(1, sum(trained))
+    loss = 0.0
+    for chunk, count in zip(chunks, trained, strict=True):
+        if count == 0:
+            continue
+        weighted = model(**chunk).loss * (count / total)
+        weighted.backward()
+        loss += float(weighted.detach())
+    return loss, sum(int(c["attention_mask"].sum()) for c in chunks)
 
 
 @torch.no_grad()

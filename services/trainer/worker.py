@@ -188,6 +188,9 @@ def run(job_dir: Path, events: Events) -> None:
         events.emit(progress)
 
     events.log(f"training {method.name} for {training.total_steps(len(train_examples), hp)} steps")
+    if 0 < hp.micro_batch_size < hp.batch_size:
+        passes = -(-hp.batch_size // hp.micro_batch_size)
+        events.log(f"accumulating gradients over {passes} passes of at most {hp.micro_batch_size} examples a step")
 
     def on_validation(step: int, epoch: float) -> None:
         loss = training.mean_loss(model, tokenized["validation"], tokenizer.pad_token_id)

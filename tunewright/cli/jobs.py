@@ -60,7 +60,10 @@ def create(
         list[str] | None, typer.Option("--param", "-p", help="method parameter NAME=VALUE, repeatable (r=32)")
     ] = None,
     epochs: int | None = None,
-    batch_size: int | None = None,
+    batch_size: Annotated[int | None, typer.Option(help="examples per optimizer step")] = None,
+    micro_batch_size: Annotated[
+        int | None, typer.Option(help="examples per pass; smaller accumulates gradients, saving memory")
+    ] = None,
     learning_rate: Annotated[float | None, typer.Option(help="peak learning rate (default: the method's)")] = None,
     max_seq_length: int | None = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (0: no limit)")] = None,
@@ -82,6 +85,7 @@ def create(
         parameters=parse_parameters(param or [], known.get(method)),
         epochs=epochs,
         batch_size=batch_size,
+        micro_batch_size=micro_batch_size,
         learning_rate=learning_rate,
         max_seq_length=max_seq_length,
         max_steps=max_steps,
