@@ -77,6 +77,13 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     evaluation = next(e.evaluation for e in events if e.WhichOneof("payload") == "evaluation")
     assert evaluation.example_count == 4 and evaluation.base.loss > 0 and evaluation.tuned.loss > 0
+    # Mixed precision where the hardware has it, and the events say which.
+    from tunewright.methods import detect_runtime
+
+    logs = [e.log.text for e in events if e.WhichOneof("payload") == "log"]
+    expected = "precision: bfloat16 autocast" if detect_runtime().bf16 else "precision: float32"
+    assert any(line.startswith(expected) for line in logs), logs
+    assert job.hyperparameters.precision == "auto"
     # The validation loss at the end of the (only) epoch, for a loss curve to plot.
     validations = [e.validation for e in events if e.WhichOneof("payload") == "validation"]
     assert [(v.step, v.epoch) for v in validations] == [(4, 1.0)] and validations[0].loss > 0
@@ -139,6 +146,7 @@ def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model
         ),
         (dict(epochs=0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.epochs"),
         (dict(batch_size=4, micro_batch_size=8), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.micro_batch_size"),
+        (dict(precision="fp8"), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.precision"),
         (dict(learning_rate=5.0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.learning_rate"),
         (dict(dataset="datasets/missing"), grpc.StatusCode.NOT_FOUND, "dataset"),
     ]

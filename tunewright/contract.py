@@ -71,6 +71,8 @@ class Hyperparameters(_Frozen):
     eval_max_new_tokens: int = 48
     # Examples per forward/backward pass; gradients accumulate over the step. 0: batch_size.
     micro_batch_size: int = 0
+    # "auto" (bf16 where the device has it), "bf16" or "fp32": the training passes' arithmetic.
+    precision: str = "auto"
 
 
 class JobSpec(_Frozen):

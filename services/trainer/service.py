@@ -31,6 +31,9 @@ LIMITS = {
 }
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparameters:
     """Fills defaults (the learning rate from the method) and checks ranges."""
     values = {"learning_rate": method.default_learning_rate, **given}
@@ -43,6 +46,12 @@ def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparam
     if not 0 < values["learning_rate"] < 1:
         violations.append(
             FieldViolation("hyperparameters.learning_rate", f"must be in (0, 1), got {values['learning_rate']}")
+        )
+    if values.get("precision", "auto") not in PRECISIONS:
+        violations.append(
+            FieldViolation(
+                "hyperparameters.precision", f"must be one of {', '.join(PRECISIONS)}, got {values['precision']!r}"
+            )
         )
     batch_size = values.get("batch_size", Hyperparameters().batch_size)
     if values.get("micro_batch_size", 0) > batch_size:

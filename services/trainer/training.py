@@ -17,6 +17,7 @@ import torch
 
 from tunewright.contract import Hyperparameters, Progress
 from tunewright.core.chat import IGNORE_INDEX, TokenizedExample, end_of_turn_tokens, prompt_and_reference, render
+from tunewright.methods import Runtime
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -66,11 +67,14 @@ def train(
     pad_id: int,
     on_progress: Callable[[Progress], None],
     validate: Callable[[int, float], None] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> None:
     """Trains the parameters of ``model`` that require grad with AdamW.
 
     ``validate(step, epoch)``, when given, is called at the end of every epoch and at the
-    last step; the model is back in training mode after it returns.
+    last step; the model is back in training mode after it returns. ``autocast`` (a dtype)
+    runs the forward passes under ``torch.autocast``; the weights and AdamW's state keep their
+    own dtype.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -93,7 +97,8 @@ def train(
                 break
             started = time.perf_counter()
             step_examples = [examples[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]]
-            loss, tokens = accumulate_gradients(model, step_examples, hp.micro_batch_size, pad_id, device)
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss, tokens = accumulate_gradients(model, step_examples, hp.micro_batch_size, pad_id, device)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -137,6 +142,19 @@ def accumulate_gradients(
         weighted.backward()
         loss += float(weighted.detach())
     return loss, sum(int(c["attention_mask"].sum()) for c in chunks)
+
+
+def autocast_dtype(precision: str, runtime: Runtime) -> tuple[torch.dtype | None, str]:
+    """The dtype ``train`` autocasts to for ``precision`` ("auto", "bf16", "fp32") on this
+    device (None: no autocast), and a line for the job's events saying why."""
+    if precision == "fp32":
+        return None, "precision: float32, as asked"
+    if precision == "bf16":
+        native = "" if runtime.bf16 else " (this device emulates bfloat16: slower than float32)"
+        return torch.bfloat16, f"precision: bfloat16 autocast, as asked{native}"
+    if runtime.bf16:
+        return torch.bfloat16, f"precision: bfloat16 autocast ({runtime.device} computes bfloat16 natively)"
+    return None, f"precision: float32 ({runtime.device} has no native bfloat16)"
 
 
 @torch.no_grad()

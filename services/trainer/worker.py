@@ -197,6 +197,8 @@ def run(job_dir: Path, events: Events) -> None:
         events.emit(Validation(step=step, epoch=epoch, loss=loss))
         events.log(f"validation loss {loss:.4f} at step {step}")
 
+    dtype, why = training.autocast_dtype(hp.precision, runtime)
+    events.log(why)
     training.train(
         model,
         train_examples,
@@ -204,6 +206,7 @@ def run(job_dir: Path, events: Events) -> None:
         tokenizer.pad_token_id,
         on_progress,
         on_validation if tokenized["validation"] else None,
+        autocast=dtype,
     )
 
     kind = method.capabilities.artifact_kind

@@ -65,6 +65,7 @@ def create(
         int | None, typer.Option(help="examples per pass; smaller accumulates gradients, saving memory")
     ] = None,
     learning_rate: Annotated[float | None, typer.Option(help="peak learning rate (default: the method's)")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = None,
     max_seq_length: int | None = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (0: no limit)")] = None,
     seed: int | None = None,
@@ -87,6 +88,7 @@ def create(
         batch_size=batch_size,
         micro_batch_size=micro_batch_size,
         learning_rate=learning_rate,
+        precision=precision,
         max_seq_length=max_seq_length,
         max_steps=max_steps,
         seed=seed,
