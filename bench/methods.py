@@ -3,6 +3,9 @@ reference, in one run on the same data, batch size and steps.
 
     .venv/bin/python bench/methods.py [--steps 30] [--warmup 10] [--batch-size 8] [--methods lora,qlora,...]
 
+A method runs at the precision a job would use (``auto``: bfloat16 autocast where the CPU has
+it); ``lora:fp32`` (or ``:bf16``) in ``--methods`` asks for another.
+
 Each run is its own process, so that peak memory is that method's alone and Unsloth's
 patches stay in its process. A method trains through what a job uses: its ``load_base`` and
 ``prepare`` and the trainer's own loop (``tunewright.trainer.training.train``). The
@@ -64,7 +67,7 @@ def load_examples(folder: Path) -> tuple[object, list]:
     return tokenizer, [tokenize_for_training(tokenizer, json.loads(line)["messages"], 512) for line in lines]
 
 
-def run_method(name: str, folder: Path, steps: int, warmup: int, batch_size: int) -> dict:
+def run_method(name: str, folder: Path, steps: int, warmup: int, batch_size: int, precision: str = "auto") -> dict:
     """One method through its own loading and preparing and the trainer's loop."""
     from tunewright.contract import Hyperparameters
     from tunewright.methods import detect_runtime
@@ -84,19 +87,24 @@ def run_method(name: str, folder: Path, steps: int, warmup: int, batch_size: int
     tokenizer, examples = load_examples(folder)
     config = build_config(method, {})
     torch.manual_seed(0)
-    model = method.prepare(method.load_base(folder, config, detect_runtime()), config)
+    runtime = detect_runtime()
+    model = method.prepare(method.load_base(folder, config, runtime), config)
     seen = []
     # The loop draws its batches as ``batches`` does: the reference gets the same ones.
-    hp = Hyperparameters(epochs=1, batch_size=batch_size, max_steps=warmup + steps, evaluate=False, seed=0)
-    training.train(model, examples, hp, tokenizer.pad_token_id, seen.append)
+    hp = Hyperparameters(
+        epochs=1, batch_size=batch_size, max_steps=warmup + steps, evaluate=False, seed=0, precision=precision
+    )
+    # The precision a job would use: bfloat16 autocast where the CPU has it, unless asked otherwise.
+    autocast, _ = training.autocast_dtype(precision, runtime)
+    training.train(model, examples, hp, tokenizer.pad_token_id, seen.append, autocast=autocast)
     rates = [p.tokens_per_second for p in seen[warmup:]]
     return {
-        "run": name,
+        "run": name if precision == "auto" else f"{name}-{precision}",
         "tokens_per_second": statistics.median(rates),
         "final_loss": seen[-1].loss,
         "peak_rss_bytes": peak_rss_bytes(),
         "baseline_rss_bytes": baseline,
-        "compute_dtype": _compute_dtype(model),
+        "compute_dtype": "bfloat16" if autocast is not None else _compute_dtype(model),
     }
 
 
@@ -192,7 +200,8 @@ def child(args: argparse.Namespace) -> None:
     if args.child == REFERENCE:
         result = run_reference(folder, args.steps, args.warmup, args.batch_size)
     else:
-        result = run_method(args.child, folder, args.steps, args.warmup, args.batch_size)
+        name, _, precision = args.child.partition(":")
+        result = run_method(name, folder, args.steps, args.warmup, args.batch_size, precision or "auto")
     print("RESULT " + json.dumps(result), flush=True)
 
 
