@@ -171,3 +171,20 @@ def test_sigterm_stops_all_three_gracefully(up):
     while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_sigterm_while_the_services_start_leaves_none_behind(tmp_path):
+    ports = [str(free_port()) for _ in SERVICES]
+    command = [CLI, "up", "--state-dir", str(tmp_path), "--no-metrics", "--data-port", ports[0]]
+    command += ["--trainer-port", ports[1], "--serve-port", ports[2]]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)  # the services are starting; `up` is still waiting for their health
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, [p.info["cmdline"] for p in left]

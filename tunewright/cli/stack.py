@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -47,7 +48,27 @@ def up(
         mutual_tls=secure and mutual_tls,
         max_running_jobs=max_running_jobs,
     )
-    stack.start()
+    # Until Stack.wait takes SIGTERM over, it stops the services too instead of leaving them
+    # orphaned: a supervisor may send it while they are still starting.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        stack.start()
+        _announce(stack, state_dir, host, metrics_ports if metrics else None, secrets, mutual_tls, json)
+        stack.wait(on_restart=lambda service, why: console.print(f"{service} {why}", highlight=False))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: let it finish
+        stack.stop()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _announce(stack, state_dir, host, metrics_ports, secrets, mutual_tls, json) -> None:
+    """Where each service listens and keeps its data, and how a client connects."""
+    metrics = metrics_ports is not None
     where = {
         s: {
             "address": stack.address(s),
@@ -77,10 +98,6 @@ def up(
             exports = " ".join(f"{k}={v.resolve()}" for k, v in connect.items())
             console.print(f"  export {exports}", highlight=False, soft_wrap=True)
         console.print("serving; Ctrl-C or SIGTERM stops all three")
-    try:
-        stack.wait(on_restart=lambda service, why: console.print(f"{service} {why}", highlight=False))
-    finally:
-        stack.stop()
 
 
 def demo(
