@@ -10,21 +10,11 @@ import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tunewright.cli.output import JsonFlag, client, console, emit, fail, percent, print_json, when
+from tunewright.cli.output import JsonFlag, client, console, emit, fail, name_value_pairs, percent, print_json, when
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL
 from tunewright.records import Job, JobEvent, JobState, Method
 
 app = typer.Typer(help="Fine-tuning jobs: create, watch, inspect, plot.", no_args_is_help=True)
-
-
-def split_pairs(items: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        name, equals, text = item.partition("=")
-        if not equals or not name:
-            raise fail(f"--param {item!r} is not NAME=VALUE; for example --param r=32", 2)
-        pairs.append((name, text))
-    return pairs
 
 
 def parse_parameters(items: list[str], method: Method | None) -> dict[str, Any]:
@@ -32,7 +22,7 @@ def parse_parameters(items: list[str], method: Method | None) -> dict[str, Any]:
     "a,b" or JSON); names the method does not have are passed on for the trainer to refuse."""
     types = {p.name: p.type for p in method.parameters} if method else {}
     values: dict[str, Any] = {}
-    for name, text in split_pairs(items):
+    for name, text in name_value_pairs(items, "--param", "r=32").items():
         kind = types.get(name)
         try:
             if kind == "int":
@@ -77,7 +67,7 @@ def create(
 ) -> None:
     """Queue a fine-tuning job."""
     c = client(ctx)
-    split_pairs(param or [])  # a malformed pair is refused before any call
+    name_value_pairs(param, "--param", "r=32")  # a malformed pair is refused before any call
     known = {m.name: m for m in c.list_methods()} if param else {}
     job = c.create_job(
         dataset,

@@ -8,20 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tunewright.cli.output import JsonFlag, client, console, emit, fail, print_json, when
+from tunewright.cli.output import JsonFlag, client, console, emit, name_value_pairs, print_json, when
 from tunewright.records import Model
 
 app = typer.Typer(help="Export fine-tuned models and register them with Ollama.", no_args_is_help=True)
-
-
-def parse_options(items: list[str]) -> dict[str, str]:
-    options = {}
-    for item in items:
-        name, equals, value = item.partition("=")
-        if not equals or not name:
-            raise fail(f"--option {item!r} is not NAME=VALUE; for example --option type=q8_0", 2)
-        options[name] = value
-    return options
 
 
 def show_model(model: Model) -> None:
@@ -65,7 +55,7 @@ def export(
 ) -> None:
     """Export a finished job as a model the serve service (and Ollama) can run."""
     c = client(ctx)
-    model = c.export_model(job, format=format, options=parse_options(option or []), model_id=id)
+    model = c.export_model(job, format=format, options=name_value_pairs(option, "--option", "type=q8_0"), model_id=id)
     if ollama:
         options = {"name": ollama_name or f"tunewright-{model.name.split('/')[-1]}"}
         host = ollama_host or os.environ.get("OLLAMA_HOST")
@@ -86,7 +76,7 @@ def push(
     json: JsonFlag = False,
 ) -> None:
     """Register an exported model with Ollama (or another push target)."""
-    pushed = client(ctx).push_model(model, target, parse_options(option or []))
+    pushed = client(ctx).push_model(model, target, name_value_pairs(option, "--option", "type=q8_0"))
     emit(json, pushed, show_model)
 
 

@@ -66,6 +66,17 @@ def emit(json: bool, value: Any, show: Callable[[Any], None]) -> None:
         show(value)
 
 
+def name_value_pairs(items: list[str] | None, flag: str, example: str) -> dict[str, str]:
+    """``--flag NAME=VALUE`` options as a dict; a malformed one is a usage error (exit 2)."""
+    pairs = {}
+    for item in items or []:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise fail(f"{flag} {item!r} is not NAME=VALUE; for example {flag} {example}", 2)
+        pairs[name] = value
+    return pairs
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Prints ``error: message`` on one line to stderr; raise what it returns."""
     errors.print(f"[bold red]error:[/] {' '.join(message.split())}", highlight=False, soft_wrap=True)
