@@ -84,6 +84,12 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
     expected = "precision: bfloat16 autocast" if detect_runtime().bf16 else "precision: float32"
     assert any(line.startswith(expected) for line in logs), logs
     assert job.hyperparameters.precision == "auto"
+    # The batch layout is said too, and each evaluation's time apart from training's.
+    assert "batches: left-padded, logits only where a token is trained" in logs
+    assert not job.hyperparameters.packing
+    assert evaluation.base.seconds > 0 and evaluation.tuned.seconds > 0
+    assert any(line.startswith("evaluated the base model in ") for line in logs)
+    assert any(line.startswith("trained in ") for line in logs)
     # The validation loss at the end of the (only) epoch, for a loss curve to plot.
     validations = [e.validation for e in events if e.WhichOneof("payload") == "validation"]
     assert [(v.step, v.epoch) for v in validations] == [(4, 1.0)] and validations[0].loss > 0
@@ -147,6 +153,7 @@ def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model
         (dict(epochs=0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.epochs"),
         (dict(batch_size=4, micro_batch_size=8), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.micro_batch_size"),
         (dict(precision="fp8"), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.precision"),
+        (dict(method="prefix", packing=True), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.packing"),
         (dict(learning_rate=5.0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.learning_rate"),
         (dict(dataset="datasets/missing"), grpc.StatusCode.NOT_FOUND, "dataset"),
     ]
@@ -160,6 +167,15 @@ def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model
         trainer.CreateJob(pb.CreateJobRequest(base_model="/no/such/folder", dataset=dataset, method="lora"))
     assert rich_error(caught.value)[1][0][0] == "base_model"
     assert len(trainer.ListJobs(pb.ListJobsRequest(page_size=1000)).jobs) == before
+
+
+def test_a_packed_job_trains_and_says_so(services, tiny_model, dataset):
+    job = create(services, tiny_model, dataset, packing=True, evaluate=False)
+    assert job.hyperparameters.packing
+    events = watch(services, job.name)
+    logs = [e.log.text for e in events if e.WhichOneof("payload") == "log"]
+    assert "batches: packed into one row per pass, attention kept within each example" in logs
+    assert events[-1].state_change.state == pb.JOB_STATE_SUCCEEDED, logs
 
 
 def test_create_is_idempotent_on_request_id(services, tiny_model, dataset):

@@ -54,3 +54,138 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(tiny_model, tin
     assert split_loss == pytest.approx(whole_loss, rel=1e-5)
     assert torch.allclose(split, whole, rtol=1e-4, atol=1e-7)
     assert float((split - whole).abs().max()) < 1e-4 * float(whole.abs().max())
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("layout", ["packed", "left-padded", "right-padded"])
+def test_a_batch_in_any_layout_has_the_loss_and_gradient_of_its_examples_run_one_by_one(
+    layout, attention, tiny_model, tiny_tokenizer, monkeypatch
+):
+    """No example sees another: packed into one row, or padded on either side, with either
+    attention the trainer uses on a CPU, the batch's summed loss and its gradient are the
+    sums over the examples run alone."""
+    import torch
+
+    from tunewright.core.basemodel import load_model
+    from tunewright.core.chat import tokenize_for_training
+    from tunewright.trainer import training
+
+    monkeypatch.setattr(training, "EAGER_ATTENTION_MAX_WIDTH", 10**9 if attention == "eager" else 0)
+
+    model = load_model(tiny_model)
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(6)]
+    assert len({len(e.input_ids) for e in examples}) > 1
+
+    def loss_and_gradient(batch: list) -> tuple[float, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        inputs, targets = training.batch_inputs(batch, tiny_tokenizer.pad_token_id, layout)
+        loss = training.summed_loss(model, inputs, targets)
+        loss.backward()
+        return float(loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    batch_loss, batch_grad = loss_and_gradient(examples)
+    alone = [loss_and_gradient([example]) for example in examples]
+    assert batch_loss == pytest.approx(sum(loss for loss, _ in alone), rel=1e-5)
+    summed = torch.stack([grad for _, grad in alone]).sum(0)
+    assert torch.isfinite(batch_grad).all()
+    assert float((batch_grad - summed).abs().max()) < 1e-4 * float(summed.abs().max())
+
+
+def test_packing_without_restarting_positions_would_let_examples_see_each_other(tiny_model, tiny_tokenizer):
+    """The control for the test above: the same packed row with one running position count
+    is one long sequence to the model, and its loss is not the examples' own."""
+    import torch
+
+    from tunewright.core.basemodel import load_model
+    from tunewright.core.chat import tokenize_for_training
+    from tunewright.trainer import training
+
+    model = load_model(tiny_model).eval()
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(3)]
+    inputs, targets = training.batch_inputs(examples, tiny_tokenizer.pad_token_id, "packed")
+    with torch.no_grad():
+        packed = float(training.summed_loss(model, inputs, targets))
+        running = dict(inputs, position_ids=torch.arange(inputs["input_ids"].shape[1]).unsqueeze(0))
+        leaked = float(training.summed_loss(model, running, targets))
+    assert leaked != pytest.approx(packed, rel=1e-3)
+
+
+def test_left_padding_computes_logits_only_from_the_first_trained_column(tiny_model, tiny_tokenizer):
+    from tunewright.core.chat import IGNORE_INDEX, tokenize_for_training
+    from tunewright.trainer import training
+
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(4)]
+    inputs, targets = training.batch_inputs(examples, tiny_tokenizer.pad_token_id, "left-padded")
+    width = inputs["input_ids"].shape[1]
+    answer = max(
+        len(e.input_ids) - next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in examples
+    )
+    assert inputs["logits_to_keep"] == answer + 1 < width
+    assert targets.shape == (4, answer + 1)
+    assert int((targets != IGNORE_INDEX).sum()) == sum(e.trained_tokens for e in examples)
+
+
+def test_frozen_linears_held_in_bfloat16_and_uncast_adapter_inputs_give_what_autocast_gives(tiny_model, tiny_tokenizer):
+    import peft
+    import torch
+
+    from tunewright.core.basemodel import load_model
+    from tunewright.core.chat import tokenize_for_training
+    from tunewright.trainer import training
+
+    model = peft.get_peft_model(
+        load_model(tiny_model), peft.LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(4)]
+    inputs, targets = training.batch_inputs(examples, tiny_tokenizer.pad_token_id, "left-padded")
+    before = {name: p for name, p in model.named_parameters()}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = training.summed_loss(model, inputs, targets)
+        with training.frozen_linears_in(model, torch.bfloat16), training.adapter_inputs_uncast(model, True):
+            held = [p.dtype for n, p in model.named_parameters() if n.endswith("base_layer.weight")]
+            swapped = training.summed_loss(model, inputs, targets)
+    assert set(held) == {torch.bfloat16}
+    assert float(swapped) == float(plain)
+    after = dict(model.named_parameters())
+    assert all(after[name] is p for name, p in before.items()), "the float32 weights are back, the same objects"
+    assert all(p.dtype == torch.float32 for p in after.values())
+
+
+def test_the_worker_keeps_freed_memory_for_reuse():
+    """In a process of its own: the setting lasts as long as the process."""
+    import subprocess
+    import sys
+
+    code = "from tunewright.trainer import training; raise SystemExit(0 if training.keep_freed_memory() else 1)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0  # glibc, as here
+
+
+def test_training_in_bfloat16_learns_as_float32_does(tiny_model, tiny_tokenizer):
+    """Only the passes run in bfloat16: the loss follows the float32 run step by step. (With
+    the optimizer's step under autocast as well, the adapters stopped learning: the loss
+    stayed where it started while the float32 run's fell.)"""
+    import torch
+
+    from tunewright.core.chat import tokenize_for_training
+    from tunewright.methods import detect_runtime
+    from tunewright.parameters import build_config
+    from tunewright.plugin_manager import get_method, load_methods
+    from tunewright.trainer import training
+
+    method = get_method(load_methods(), "lora")
+    config = build_config(method, {})
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(32)]
+    hp = Hyperparameters(epochs=3, batch_size=8, learning_rate=1e-3)
+
+    def losses(autocast) -> list[float]:
+        torch.manual_seed(0)
+        model = method.prepare(method.load_base(tiny_model, config, detect_runtime()), config)
+        seen: list[float] = []
+        training.train(
+            model, examples, hp, tiny_tokenizer.pad_token_id, lambda p: seen.append(p.loss), autocast=autocast
+        )
+        return seen
+
+    full, half = losses(None), losses(torch.bfloat16)
+    assert full[-1] < full[0] - 0.2, full  # the float32 run learns
+    assert half == pytest.approx(full, abs=0.05), (half, full)

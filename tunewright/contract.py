@@ -73,6 +73,8 @@ class Hyperparameters(_Frozen):
     micro_batch_size: int = 0
     # "auto" (bf16 where the device has it), "bf16" or "fp32": the training passes' arithmetic.
     precision: str = "auto"
+    # Pack each pass's examples into one row (attention kept within each example) instead of padding.
+    packing: bool = False
 
 
 class JobSpec(_Frozen):
@@ -145,6 +147,8 @@ class Score(_Frozen):
     loss: float
     exact_match: float
     first_line_match: float
+    # Wall-clock seconds of this evaluation (answers and test loss); 0 in records from before.
+    seconds: float = 0.0
 
 
 class Evaluation(_Event, tag="evaluation"):

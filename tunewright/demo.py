@@ -172,6 +172,7 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         "final_train_loss": job.progress.loss,
         "train_steps": job.progress.total_steps,
         "training_seconds": round(train_seconds, 1),
+        "evaluation_seconds": {"base": round(evaluation.base.seconds, 1), "tuned": round(evaluation.tuned.seconds, 1)},
         "total_seconds": round(time.monotonic() - started, 1),
         "question": QUESTION,
         "answer": reply.text,
@@ -192,7 +193,10 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
     )
     print(f"{'test loss (nats/token)':34}{evaluation.base.loss:>10.3f}{evaluation.tuned.loss:>12.3f}")
     print(f"\ngain in urgency accuracy: {100 * (accuracy['tuned'] - accuracy['base']):+.1f} points")
-    print(f"training: {results['train_steps']} steps in {train_seconds:.0f} s (dataset download, evaluation included)")
+    print(
+        f"job: {results['train_steps']} training steps; {train_seconds:.0f} s from creation to the end, of which "
+        f"{evaluation.base.seconds:.0f} s evaluating the base and {evaluation.tuned.seconds:.0f} s the fine-tuned model"
+    )
     print(
         f"training: {results['train_tokens_per_second_median']:.0f} tokens/s (median), "
         f"peak memory {job.progress.peak_memory_bytes / 2**30:.2f} GiB"

@@ -54,6 +54,11 @@ class Capabilities:
     # Libraries that patch others when imported and so must come first: the worker imports
     # them before anything else, and no server process ever imports them.
     import_first: tuple[str, ...] = field(default_factory=tuple)
+    # The prepared model takes ``position_ids`` and ``logits_to_keep`` as a transformers
+    # causal LM does, so the trainer can left-pad or pack its batches and compute logits only
+    # where a token is trained. Prompt-learning methods, which put virtual tokens before the
+    # input and ignore position ids, say False: they get right-padded batches.
+    takes_position_ids: bool = True
 
     def __post_init__(self) -> None:
         if self.exportable and not self.mergeable:

@@ -187,10 +187,12 @@ class Score:
     loss: float
     exact_match: float
     first_line_match: float
+    # How long this model's evaluation took, apart from training.
+    seconds: float = 0.0
 
     @classmethod
     def from_pb(cls, m: trainer_pb.ModelScore) -> Score:
-        return cls(m.loss, m.exact_match, m.first_line_match)
+        return cls(m.loss, m.exact_match, m.first_line_match, m.seconds)
 
 
 @dataclass(frozen=True)

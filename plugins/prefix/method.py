@@ -54,6 +54,8 @@ class PrefixMethod:
     capabilities = Capabilities(
         artifact_kind=ArtifactKind.PROMPT,
         mergeable=False,
+        # peft prepends the learned prefix itself and drops position ids.
+        takes_position_ids=False,
         exportable=False,
         not_exportable_reason=(
             "prefix tuning learns key and value vectors that are prepended to every layer's attention; "

@@ -53,6 +53,14 @@ def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparam
                 "hyperparameters.precision", f"must be one of {', '.join(PRECISIONS)}, got {values['precision']!r}"
             )
         )
+    if values.get("packing") and not method.capabilities.takes_position_ids:
+        violations.append(
+            FieldViolation(
+                "hyperparameters.packing",
+                f"method {method.name!r} takes no position ids, so its examples cannot be packed apart; "
+                "leave packing unset for this method",
+            )
+        )
     batch_size = values.get("batch_size", Hyperparameters().batch_size)
     if values.get("micro_batch_size", 0) > batch_size:
         violations.append(

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,14 +117,16 @@ def import_first(method: Method) -> None:
         importlib.import_module(module)
 
 
-def score(model: Any, tokenizer: Any, conversations: list, tokenized: list, hp: Any, references: list[str]):
+def score(
+    model: Any, tokenizer: Any, conversations: list, tokenized: list, hp: Any, references: list[str], layout: str
+):
     from tunewright.trainer import training
 
+    started = time.monotonic()
     answers = training.generate_answers(model, tokenizer, conversations, hp.eval_max_new_tokens)
-    result = Score(
-        loss=training.mean_loss(model, tokenized, tokenizer.pad_token_id), **training.score(answers, references)
-    )
-    return answers, result
+    loss = training.mean_loss(model, tokenized, tokenizer.pad_token_id, layout=layout)
+    seconds = time.monotonic() - started
+    return answers, Score(loss=loss, seconds=seconds, **training.score(answers, references))
 
 
 def run(job_dir: Path, events: Events) -> None:
@@ -138,6 +141,7 @@ def run(job_dir: Path, events: Events) -> None:
     from tunewright.core import probe
     from tunewright.trainer import training
 
+    training.keep_freed_memory()
     torch.manual_seed(hp.seed)
     events.log(f"reading {spec.dataset} from the data service")
     splits = fetch_splits(spec.data_service, spec.dataset)
@@ -166,6 +170,7 @@ def run(job_dir: Path, events: Events) -> None:
             f"{len(tokenized['train']) - len(train_examples)} training example(s) lost every assistant token to max_seq_length and were skipped"
         )
 
+    layout, layout_why = training.layout_for(hp.packing, method.capabilities.takes_position_ids)
     test = splits["test"]
     evaluate = hp.evaluate and bool(test)
     references = [prompt_and_reference(c)[1] for c in test]
@@ -173,7 +178,8 @@ def run(job_dir: Path, events: Events) -> None:
         events.log("the dataset has no test split, so there is no evaluation")
     if evaluate:
         events.log(f"evaluating the base model on {len(test)} test examples")
-        base_answers, base_score = score(model, tokenizer, test, tokenized["test"], hp, references)
+        base_answers, base_score = score(model, tokenizer, test, tokenized["test"], hp, references, layout)
+        events.log(f"evaluated the base model in {base_score.seconds:.1f} s")
 
     try:
         model = method.prepare(model, config)
@@ -193,12 +199,14 @@ def run(job_dir: Path, events: Events) -> None:
         events.log(f"accumulating gradients over {passes} passes of at most {hp.micro_batch_size} examples a step")
 
     def on_validation(step: int, epoch: float) -> None:
-        loss = training.mean_loss(model, tokenized["validation"], tokenizer.pad_token_id)
+        loss = training.mean_loss(model, tokenized["validation"], tokenizer.pad_token_id, layout=layout)
         events.emit(Validation(step=step, epoch=epoch, loss=loss))
         events.log(f"validation loss {loss:.4f} at step {step}")
 
     dtype, why = training.autocast_dtype(hp.precision, runtime)
     events.log(why)
+    events.log(layout_why)
+    training_started = time.monotonic()
     training.train(
         model,
         train_examples,
@@ -207,7 +215,9 @@ def run(job_dir: Path, events: Events) -> None:
         on_progress,
         on_validation if tokenized["validation"] else None,
         autocast=dtype,
+        layout=layout,
     )
+    events.log(f"trained in {time.monotonic() - training_started:.1f} s, validation included")
 
     kind = method.capabilities.artifact_kind
     staging = job_dir / f".{ARTIFACT}.tmp"
@@ -235,7 +245,8 @@ def run(job_dir: Path, events: Events) -> None:
 
     if evaluate:
         events.log("evaluating the fine-tuned model")
-        tuned_answers, tuned_score = score(model, tokenizer, test, tokenized["test"], hp, references)
+        tuned_answers, tuned_score = score(model, tokenizer, test, tokenized["test"], hp, references, layout)
+        events.log(f"evaluated the fine-tuned model in {tuned_score.seconds:.1f} s")
         write_lines_atomic(
             staging / PREDICTIONS,
             (

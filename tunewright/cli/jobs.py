@@ -56,6 +56,10 @@ def create(
     ] = None,
     learning_rate: Annotated[float | None, typer.Option(help="peak learning rate (default: the method's)")] = None,
     precision: Annotated[str | None, typer.Option(help="auto (bf16 where the hardware has it), bf16 or fp32")] = None,
+    packing: Annotated[
+        bool | None,
+        typer.Option("--packing/--no-packing", help="pack each pass's examples into one row instead of padding"),
+    ] = None,
     max_seq_length: int | None = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (0: no limit)")] = None,
     seed: int | None = None,
@@ -79,6 +83,7 @@ def create(
         micro_batch_size=micro_batch_size,
         learning_rate=learning_rate,
         precision=precision,
+        packing=packing,
         max_seq_length=max_seq_length,
         max_steps=max_steps,
         seed=seed,
@@ -150,6 +155,7 @@ def show_job(job: Job) -> None:
         scores.add_row("loss (nats/token)", f"{e.base.loss:.3f}", f"{e.tuned.loss:.3f}")
         scores.add_row("exact match", percent(e.base.exact_match), percent(e.tuned.exact_match))
         scores.add_row("first line match", percent(e.base.first_line_match), percent(e.tuned.first_line_match))
+        scores.add_row("evaluation time", f"{e.base.seconds:.1f} s", f"{e.tuned.seconds:.1f} s")
         console.print(scores)
 
 
@@ -224,7 +230,8 @@ def _show_event(bar: Progress, task, event: JobEvent) -> None:
         e = event.evaluation
         bar.console.print(
             f"  evaluated on {e.example_count} test examples: loss {e.base.loss:.3f} -> {e.tuned.loss:.3f}, "
-            f"exact match {percent(e.base.exact_match)} -> {percent(e.tuned.exact_match)}"
+            f"exact match {percent(e.base.exact_match)} -> {percent(e.tuned.exact_match)} "
+            f"(evaluation took {e.base.seconds:.0f} s for the base, {e.tuned.seconds:.0f} s fine-tuned)"
         )
     elif event.state:
         bar.console.print(f"  {event.state}" + (f": {event.error.code}: {event.error.message}" if event.error else ""))
