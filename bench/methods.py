@@ -83,6 +83,7 @@ def run_method(name: str, folder: Path, steps: int, warmup: int, batch_size: int
 
     from tunewright.trainer import training
 
+    training.keep_freed_memory()  # as the job's worker does
     baseline = current_rss_bytes()
     tokenizer, examples = load_examples(folder)
     config = build_config(method, {})
