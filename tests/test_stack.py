@@ -188,3 +188,25 @@ def test_sigterm_while_the_services_start_leaves_none_behind(tmp_path):
             break
         time.sleep(0.2)
     assert not left, [p.info["cmdline"] for p in left]
+
+
+def test_sigterm_to_the_demo_stops_its_services(tmp_path):
+    """The demo runs its own three services; a SIGTERM to it must not leave them running."""
+    state = tmp_path / "demo"
+    command = [CLI, "demo", "--state-dir", str(state), "--results", str(tmp_path / "results.json")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ours() -> list:
+        return [p for p in psutil.process_iter(["cmdline"]) if str(state) in " ".join(p.info["cmdline"] or [])]
+
+    deadline = time.monotonic() + 120
+    while len(ours()) < 3 and time.monotonic() < deadline:  # the three services have started
+        time.sleep(0.5)
+    assert len(ours()) >= 3
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    deadline = time.monotonic() + 30
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ours(), [p.info["cmdline"] for p in ours()]

@@ -13,8 +13,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,17 +77,33 @@ def run_demo(args: argparse.Namespace) -> int:
     ports = {"data": free_port(), "trainer": free_port(), "serve": free_port()}
     stack = Stack(args.state_dir, ports=ports, log_dir=args.state_dir / "logs")
     print(f"starting the three services (logs in {args.state_dir / 'logs'})", flush=True)
-    stack.start()
-    client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
+    # SIGTERM ends the demo as Ctrl-C does, stopping its services (they were left running).
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
-        return _run(args, client, dataset_path, started)
-    except ServiceError as error:
-        print(f"error: {error.code}: {error}", file=sys.stderr)
-        return 2
+        stack.start()
+        client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
+        try:
+            return _run(args, client, dataset_path, started)
+        except ServiceError as error:
+            print(f"error: {error.code}: {error}", file=sys.stderr)
+            return 2
+        finally:
+            client.close()
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: let it finish
+            stack.stop()
+            print("services stopped", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
-        client.close()
-        stack.stop()
-        print("services stopped", flush=True)
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: float) -> int:
