@@ -194,6 +194,19 @@ def run_reference(folder: Path, steps: int, warmup: int, batch_size: int) -> dic
     }
 
 
+def run_in_child(script: str, run: str, args: argparse.Namespace) -> dict:
+    """``script --child RUN`` in a process of its own, with the step settings of ``args``;
+    returns the JSON object it prints on its ``RESULT`` line."""
+    command = [sys.executable, script, "--child", run, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += ["--batch-size", str(args.batch_size), "--cache", str(args.cache)]
+    print(f"running {run} ...", file=sys.stderr, flush=True)
+    output = subprocess.run(command, capture_output=True, text=True, check=False)
+    line = next((row for row in output.stdout.splitlines() if row.startswith("RESULT ")), None)
+    if output.returncode != 0 or line is None:
+        sys.exit(f"{run} failed:\n{output.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
 def child(args: argparse.Namespace) -> None:
     from tunewright.core.basemodel import DEFAULT_BASE_MODEL, resolve_base_model
 
@@ -227,16 +240,7 @@ def main() -> None:
 
     import torch
 
-    results = []
-    for run in [REFERENCE, *args.methods.split(",")]:
-        command = [sys.executable, __file__, "--child", run, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        command += ["--batch-size", str(args.batch_size), "--cache", str(args.cache)]
-        print(f"running {run} ...", file=sys.stderr, flush=True)
-        output = subprocess.run(command, capture_output=True, text=True, check=False)
-        line = next((row for row in output.stdout.splitlines() if row.startswith("RESULT ")), None)
-        if output.returncode != 0 or line is None:
-            sys.exit(f"{run} failed:\n{output.stderr[-3000:]}")
-        results.append(json.loads(line.removeprefix("RESULT ")))
+    results = [run_in_child(__file__, run, args) for run in [REFERENCE, *args.methods.split(",")]]
 
     reference = results[0]
     lora = next((r for r in results if r["run"] == "lora"), None)

@@ -37,7 +37,6 @@ import importlib.util
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -182,16 +181,10 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return
 
-    results = {}
-    for run in ("peak", "flops", "hf-trainer-lora", "loop", "job"):
-        command = [sys.executable, __file__, "--child", run, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        command += ["--batch-size", str(args.batch_size), "--cache", str(args.cache)]
-        print(f"running {run} ...", file=sys.stderr, flush=True)
-        output = subprocess.run(command, capture_output=True, text=True, check=False)
-        line = next((row for row in output.stdout.splitlines() if row.startswith("RESULT ")), None)
-        if output.returncode != 0 or line is None:
-            sys.exit(f"{run} failed:\n{output.stderr[-3000:]}")
-        results[run] = json.loads(line.removeprefix("RESULT "))
+    bench = methods_bench()
+    results = {
+        run: bench.run_in_child(__file__, run, args) for run in ("peak", "flops", "hf-trainer-lora", "loop", "job")
+    }
 
     peak, per_token = results["peak"], results["flops"]["flops_per_token"]
     reference = results["hf-trainer-lora"]["tokens_per_second"]
