@@ -59,7 +59,7 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(tiny_model, tin
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("layout", ["packed", "left-padded", "right-padded"])
 def test_a_batch_in_any_layout_has_the_loss_and_gradient_of_its_examples_run_one_by_one(
-    layout, attention, tiny_model, tiny_tokenizer, monkeypatch
+    layout, attention, tiny_model, tiny_tokenizer
 ):
     """No example sees another: packed into one row, or padded on either side, with either
     attention the trainer uses on a CPU, the batch's summed loss and its gradient are the
@@ -70,9 +70,8 @@ def test_a_batch_in_any_layout_has_the_loss_and_gradient_of_its_examples_run_one
     from tunewright.core.chat import tokenize_for_training
     from tunewright.trainer import training
 
-    monkeypatch.setattr(training, "EAGER_ATTENTION_MAX_WIDTH", 10**9 if attention == "eager" else 0)
-
     model = load_model(tiny_model)
+    model.config._attn_implementation = attention  # as training.attention_for sets it
     examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(6)]
     assert len({len(e.input_ids) for e in examples}) > 1
 
@@ -189,3 +188,26 @@ def test_training_in_bfloat16_learns_as_float32_does(tiny_model, tiny_tokenizer)
     full, half = losses(None), losses(torch.bfloat16)
     assert full[-1] < full[0] - 0.2, full  # the float32 run learns
     assert half == pytest.approx(full, abs=0.05), (half, full)
+
+
+def test_gradient_checkpointing_recomputes_with_the_attention_the_pass_used(tiny_model, tiny_tokenizer, monkeypatch):
+    """qlora recomputes activations in the backward pass. With some batches narrow enough for
+    the plain attention and others not, each pass must be recomputed with the attention that
+    ran it: the trainer picks one for the whole training."""
+    import peft
+
+    from tunewright.core.basemodel import load_model
+    from tunewright.core.chat import tokenize_for_training
+    from tunewright.trainer import training
+
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(8)]
+    lengths = sorted(len(e.input_ids) for e in examples)
+    monkeypatch.setattr(training, "EAGER_ATTENTION_MAX_WIDTH", lengths[len(lengths) // 2])
+    model = load_model(tiny_model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    steps = []
+    hp = Hyperparameters(epochs=1, batch_size=2, learning_rate=1e-3, seed=0)
+    training.train(model, examples, hp, tiny_tokenizer.pad_token_id, steps.append)
+    assert len(steps) == 4 and all(step.loss > 0 for step in steps)

@@ -200,8 +200,7 @@ def adapter_inputs_uncast(model: Any, active: bool) -> Iterator[None]:
 
 def summed_loss(model: Any, inputs: dict[str, Any], targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy summed over the trained targets, in float32."""
-    with attention_for(model, inputs["input_ids"].shape[1]):
-        logits = model(**inputs, use_cache=False).logits
+    logits = model(**inputs, use_cache=False).logits
     trained = targets.reshape(-1) != IGNORE_INDEX
     logits = logits.reshape(-1, logits.shape[-1])[trained]
     return torch.nn.functional.cross_entropy(logits.float(), targets.reshape(-1)[trained], reduction="sum")
@@ -377,7 +376,9 @@ def mean_loss(
     for i in range(0, len(examples), batch_size):
         inputs, targets = batch_inputs(examples[i : i + batch_size], pad_id, layout, device)
         if bool((targets != IGNORE_INDEX).any()):
-            total += float(summed_loss(model, inputs, targets))
+            # No backward pass here, so the attention can follow each batch's width.
+            with attention_for(model, inputs["input_ids"].shape[1]):
+                total += float(summed_loss(model, inputs, targets))
         count += int((targets != IGNORE_INDEX).sum())
     return total / max(1, count)
 
