@@ -115,6 +115,27 @@ def _compute_dtype(model) -> str:
     return probe.compute_dtype(model)
 
 
+def collate(batch: list, pad_id: int) -> dict:
+    """Right-padded model inputs with ``labels``, what a Hugging Face model's own loss takes:
+    the reference's batches."""
+    import torch
+
+    from tunewright.core.chat import IGNORE_INDEX
+
+    width = max(len(example.input_ids) for example in batch)
+    ids, labels, mask = [], [], []
+    for example in batch:
+        pad = width - len(example.input_ids)
+        ids.append(example.input_ids + [pad_id] * pad)
+        labels.append(example.labels + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(example.input_ids) + [0] * pad)
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(labels),
+        "attention_mask": torch.tensor(mask),
+    }
+
+
 def run_reference(folder: Path, steps: int, warmup: int, batch_size: int) -> dict:
     """transformers.Trainer + peft LoRA, as a user would write it, on the same batches."""
     import peft
@@ -124,7 +145,6 @@ def run_reference(folder: Path, steps: int, warmup: int, batch_size: int) -> dic
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from tunewright.core.basemodel import load_model
-    from tunewright.trainer.training import collate
 
     baseline = current_rss_bytes()
     tokenizer, examples = load_examples(folder)

@@ -51,22 +51,6 @@ def device_of(model: Any) -> torch.device:
     return next(iter(model.parameters())).device
 
 
-def collate(batch: list[TokenizedExample], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-padded model inputs with ``labels``: what a Hugging Face model's own loss takes."""
-    width = max(len(example.input_ids) for example in batch)
-    ids, labels, mask = [], [], []
-    for example in batch:
-        pad = width - len(example.input_ids)
-        ids.append(example.input_ids + [pad_id] * pad)
-        labels.append(example.labels + [IGNORE_INDEX] * pad)
-        mask.append([1] * len(example.input_ids) + [0] * pad)
-    return {
-        "input_ids": torch.tensor(ids, device=device),
-        "labels": torch.tensor(labels, device=device),
-        "attention_mask": torch.tensor(mask, device=device),
-    }
-
-
 # How ``batch_inputs`` lays out a batch. Every layout gives the same loss; they differ in
 # what they compute to get it.
 RIGHT_PADDED = "right-padded"
