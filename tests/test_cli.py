@@ -108,6 +108,13 @@ def test_the_whole_path_upload_train_watch_plot_export_chat(services, tiny_model
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.image.imread(png).shape == (450, 800, 4)  # 8 x 4.5 inches at 100 dpi, RGBA
 
+    # By default a short job checkpoints at each epoch's end; both kept (the latest two).
+    saved = ok_json(tunewright(services, "jobs", "checkpoints", job["name"], "--json"))
+    assert [(c["step"], c["epoch"]) for c in saved] == [(4, 1.0), (8, 2.0)]
+    assert all(c["validation_loss"] is not None and c["size_bytes"] > 0 for c in saved)
+    listed = tunewright(services, "jobs", "checkpoints", job["name"])
+    assert listed.returncode == 0 and f"{job['name']}/checkpoints/8" in listed.stdout
+
     model = ok_json(tunewright(services, "models", "export", job["name"], "--json"))
     assert model["name"].startswith("models/") and model["job"] == job["name"]
     assert model["format"] == "safetensors"  # the tiny test model has no GGUF tokenizer

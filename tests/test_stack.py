@@ -162,6 +162,52 @@ def test_a_killed_service_is_back_within_10_s_and_the_others_keep_serving(up, se
     assert f"{service} exited with code -9; restarting in 0 s" in (state / "up.log").read_text()
 
 
+def test_a_job_survives_five_kills_of_its_trainer_and_ends_with_the_uninterrupted_weights(up, tiny_model):
+    """SIGKILL to the trainer under `tunewright up`, five times while a job trains, each at a
+    step that writes a checkpoint: `up` restarts it, the new trainer ends the orphaned
+    worker, and the job resumes from its last complete checkpoint. The result is bit for bit
+    the job run whole."""
+    import random
+
+    from safetensors.torch import load_file
+
+    from conftest import ticket_lines
+    from tunewright.client import Client
+
+    process, stack, state = up
+    client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
+    upload = client.upload_bytes("k.jsonl", ("\n".join(ticket_lines(40)) + "\n").encode())
+    dataset = client.create_dataset(upload.name)
+    settings = dict(base_model=str(tiny_model), epochs=6, batch_size=8, evaluate=False, checkpoint_every=2)
+    whole = client.create_job(dataset.name, **settings)
+    list(client.watch_job(whole.name))
+    job = client.create_job(dataset.name, **settings)
+    chooser = random.Random(5)
+    kills, resumed_at, kill_at = [], [], 2 * chooser.randint(1, 2)
+    for event in client.watch_job(job.name, reconnect_for=120):
+        if event.log and event.log.startswith("resumed from the checkpoint at step "):
+            resumed_at.append(int(event.log.split()[6]))
+            kill_at = resumed_at[-1] + 2 * chooser.randint(1, 2)
+        if event.progress and event.progress.step == kill_at and len(kills) < 5:
+            trainer = next(c for c in psutil.Process(process.pid).children() if "tunewright.trainer" in c.cmdline())
+            trainer.kill()
+            kills.append(kill_at)
+            kill_at = -1
+    final = client.get_job(job.name)
+    client.close()
+    assert final.state == "succeeded", final.error
+    assert len(kills) == 5 and len(resumed_at) == 5
+    assert all(killed - resumed <= 2 for killed, resumed in zip(kills, resumed_at, strict=True))
+    assert (state / "up.log").read_text().count("trainer exited with code -9") >= 5
+
+    def weights(name: str) -> dict:
+        return load_file(state / "trainer" / "jobs" / name.split("/")[1] / "artifact/adapter/adapter_model.safetensors")
+
+    expected, got = weights(whole.name), weights(job.name)
+    assert expected.keys() == got.keys()
+    assert all((expected[k] == got[k]).all() for k in expected)
+
+
 def test_sigterm_stops_all_three_gracefully(up):
     process, stack, _ = up
     children = psutil.Process(process.pid).children()

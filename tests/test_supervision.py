@@ -70,7 +70,9 @@ def test_a_restarted_trainer_ends_the_worker_its_predecessor_left_running(tmp_pa
         assert orphan.wait(timeout=15) == -signal.SIGTERM
         assert bystander.poll() is None
         logs = [e.payload.get("text", "") for e in store.events_after(job.id, 0) if e.kind == "log"]
-        assert "the trainer restarted while this job ran; it was queued again" in logs
+        assert (
+            "the trainer restarted while this job ran; it was queued again, to resume from its last checkpoint" in logs
+        )
     finally:
         runner.stop()
         bystander.kill()

@@ -37,7 +37,7 @@ from tunewright.core.basemodel import DEFAULT_BASE_MODEL
 from tunewright.core.security import open_channel
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
-from tunewright.records import Answer, Dataset, File, Job, JobEvent, Method, Model, Piece
+from tunewright.records import Answer, Checkpoint, Dataset, File, Job, JobEvent, Method, Model, Piece
 from tunewright.serve.v1 import serve_service_pb2 as serve_pb
 from tunewright.serve.v1 import serve_service_pb2_grpc as serve_grpc
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
@@ -268,8 +268,8 @@ class Client:
     ) -> Job:
         """Queues a fine-tuning job. ``parameters`` are the method's own (``list_methods`` shows
         them); ``hyperparameters`` are epochs, batch_size, learning_rate, max_seq_length, seed,
-        max_steps, evaluate, eval_max_new_tokens, micro_batch_size, precision and packing
-        (trainer_service.proto says what each means), each the trainer's default when left out."""
+        max_steps, evaluate, eval_max_new_tokens, micro_batch_size, precision, packing,
+        checkpoint_every and keep_checkpoints (trainer_service.proto says what each means), each the trainer's default when left out."""
         request = trainer_pb.CreateJobRequest(
             request_id=request_id or uuid.uuid4().hex,
             base_model=base_model,
@@ -288,6 +288,11 @@ class Client:
         return [
             Job.from_pb(j) for j in self._pages("trainer", self.trainer.ListJobs, trainer_pb.ListJobsRequest, "jobs")
         ]
+
+    def list_checkpoints(self, name: str) -> list[Checkpoint]:
+        """The job's complete checkpoints, oldest first."""
+        request = trainer_pb.ListCheckpointsRequest(name=full_name("jobs", name))
+        return [Checkpoint.from_pb(c) for c in self._call("trainer", self.trainer.ListCheckpoints, request).checkpoints]
 
     def cancel_job(self, name: str) -> Job:
         request = trainer_pb.CancelJobRequest(name=full_name("jobs", name))

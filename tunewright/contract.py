@@ -75,6 +75,10 @@ class Hyperparameters(_Frozen):
     precision: str = "auto"
     # Pack each pass's examples into one row (attention kept within each example) instead of padding.
     packing: bool = False
+    # Steps between checkpoints; 0: as often as costs under 5% of training time.
+    checkpoint_every: int = 0
+    # The latest checkpoints kept, besides the one with the lowest validation loss.
+    keep_checkpoints: int = 2
 
 
 class JobSpec(_Frozen):

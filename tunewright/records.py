@@ -176,6 +176,25 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint of a job: where a resumed job would start from."""
+
+    name: str
+    step: int
+    epoch: float
+    loss: float
+    # Set when it was taken right after a validation (the end of an epoch).
+    validation_loss: float | None
+    created: datetime | None
+    size_bytes: int
+
+    @classmethod
+    def from_pb(cls, m: trainer_pb.Checkpoint) -> Checkpoint:
+        validation = m.validation_loss if m.HasField("validation_loss") else None
+        return cls(m.name, m.step, m.epoch, m.loss, validation, _time(m.create_time), m.size_bytes)
+
+
+@dataclass(frozen=True)
 class Validation:
     step: int
     epoch: float

@@ -23,6 +23,7 @@ from tunewright import contract
 from tunewright.contract import JOB_SPEC, WORKER_LOG, Done, Failed, Hyperparameters, JobSpec
 from tunewright.core.files import write_bytes_atomic
 from tunewright.core.metrics import Metrics
+from tunewright.trainer import checkpoints
 from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = structlog.get_logger(__name__)
@@ -76,6 +77,11 @@ class JobRunner:
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
 
+    def _checkpoint_step(self, job_id: str) -> int:
+        """The step of the job's latest complete checkpoint; 0 without one."""
+        found = checkpoints.latest(self.job_dir(job_id) / checkpoints.CHECKPOINTS)
+        return found.step if found else 0
+
     def start(self) -> None:
         for job_id in self.store.requeue_interrupted():
             log.warning("requeued interrupted job", job_id=job_id)
@@ -100,7 +106,7 @@ class JobRunner:
 
     def stop(self) -> None:
         """Stops the runner. Running jobs' workers are stopped and the jobs queued again, so
-        the next start of the trainer runs them from the beginning."""
+        the next start of the trainer resumes them from their last checkpoints."""
         self._stopping.set()
         with self.store.changed:
             self.store.changed.notify_all()
@@ -176,6 +182,7 @@ class JobRunner:
             model_cache=str(self.model_cache),
         )
         write_bytes_atomic(job_dir / JOB_SPEC, contract.to_json(spec))
+        checkpoint_before = self._checkpoint_step(job.id)
         read_fd, write_fd = os.pipe()
         # Nothing is fetched from a model hub at run time.
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
@@ -222,7 +229,8 @@ class JobRunner:
             self.store.set_state(job.id, CANCELLED)
         elif self._stopping.is_set():
             self.store.requeue(
-                job.id, "the trainer stopped while this job ran; it will start over when the trainer is back"
+                job.id,
+                "the trainer stopped while this job ran; it resumes from its last checkpoint when the trainer is back",
             )
         elif code == 0 and done:
             self.store.set_state(job.id, SUCCEEDED)
@@ -232,18 +240,24 @@ class JobRunner:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if code == -signal.SIGKILL:
                 how += " (out of memory?)"
+            checkpoint = self._checkpoint_step(job.id)
+            if checkpoint > checkpoint_before:
+                # It got somewhere: only runs that end without a new checkpoint count to the limit.
+                self._attempts[job.id] = 1
             attempts = self._attempts.get(job.id, 1)
             if attempts < MAX_WORKER_ATTEMPTS:
+                where = f"from its checkpoint at step {checkpoint}" if checkpoint else "from the start"
                 self.store.requeue(
                     job.id,
-                    f"the worker {how} without reporting an error; running it again "
-                    f"(run {attempts + 1} of at most {MAX_WORKER_ATTEMPTS})",
+                    f"the worker {how} without reporting an error; running it again {where} "
+                    f"(run {attempts + 1} of at most {MAX_WORKER_ATTEMPTS} without a new checkpoint)",
                 )
                 return
             self.store.set_state(
                 job.id,
                 FAILED,
                 "WORKER_CRASHED",
-                f"the worker {how} without reporting an error, {attempts} times; see {job_dir / WORKER_LOG}",
+                f"the worker {how} without reporting an error, {attempts} times in a row without writing a "
+                f"checkpoint; see {job_dir / WORKER_LOG}",
             )
         self._attempts.pop(job.id, None)

@@ -17,6 +17,7 @@ from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidAr
 from tunewright.methods import Method
 from tunewright.parameters import build_config, config_to_dict
 from tunewright.plugin_manager import get_method
+from tunewright.trainer import checkpoints
 from tunewright.trainer.runner import JobRunner
 from tunewright.trainer.store import TERMINAL, Event, JobRecord, JobStore
 
@@ -28,6 +29,8 @@ LIMITS = {
     "max_steps": (0, 10_000_000),
     "eval_max_new_tokens": (1, 4096),
     "micro_batch_size": (0, 1024),
+    "checkpoint_every": (0, 10_000_000),
+    "keep_checkpoints": (1, 1000),
 }
 
 
@@ -189,6 +192,10 @@ class Trainer:
                     violations=[FieldViolation("path", "no such file in the artifact")],
                 )
         return files
+
+    def checkpoints(self, job_id: str) -> list[checkpoints.Checkpoint]:
+        self.store.get(job_id)  # NOT_FOUND for an unknown job
+        return checkpoints.complete(self.runner.job_dir(job_id) / checkpoints.CHECKPOINTS)
 
 
 HYPERPARAMETER_NAMES = [f.name for f in msgspec.structs.fields(Hyperparameters)]

@@ -202,6 +202,23 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
                 while chunk := handle.read(CHUNK_BYTES):
                     yield pb.ReadArtifactResponse(chunk=chunk)
 
+    def ListCheckpoints(self, request, context):
+        job_id = job_id_of(request.name)
+        return pb.ListCheckpointsResponse(
+            checkpoints=[
+                pb.Checkpoint(
+                    name=f"jobs/{job_id}/checkpoints/{c.step}",
+                    step=c.step,
+                    epoch=c.epoch,
+                    loss=c.loss,
+                    validation_loss=c.validation_loss,
+                    create_time=to_timestamp(c.created),
+                    size_bytes=c.size_bytes,
+                )
+                for c in self.trainer.checkpoints(job_id)
+            ]
+        )
+
 
 def register(trainer: Trainer):
     def add(server: grpc.Server) -> None:

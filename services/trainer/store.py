@@ -231,7 +231,7 @@ class JobStore:
         return [Event(r["seq"], r["time"], r["kind"], json.loads(r["payload"])) for r in rows]
 
     def requeue(self, job_id: str, why: str) -> None:
-        """Puts a RUNNING job back in the queue; it will start over from the beginning."""
+        """Puts a RUNNING job back in the queue; it resumes from its last checkpoint."""
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET state = ?, start_time = NULL, progress = NULL WHERE id = ? AND state = ?",
@@ -242,8 +242,12 @@ class JobStore:
         self._notify()
 
     def requeue_interrupted(self) -> list[str]:
-        """Jobs left RUNNING by a trainer that died go back to the queue and start over."""
+        """Jobs left RUNNING by a trainer that died go back to the queue, to resume from their
+        last checkpoints."""
         job_ids = [row["id"] for row in self.db.query("SELECT id FROM jobs WHERE state = ?", (RUNNING,))]
         for job_id in job_ids:
-            self.requeue(job_id, "the trainer restarted while this job ran; it was queued again")
+            self.requeue(
+                job_id,
+                "the trainer restarted while this job ran; it was queued again, to resume from its last checkpoint",
+            )
         return job_ids

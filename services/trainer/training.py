@@ -14,6 +14,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -203,6 +204,166 @@ def schedule(step: int, steps: int) -> float:
     return max(0.0, (steps - step) / max(1, steps - warmup))
 
 
+@dataclass
+class Position:
+    """Where a training run is: the optimizer steps done, and what the next step trains."""
+
+    step: int = 0
+    # The epoch the next step belongs to, and that step's batch within the epoch.
+    epoch: int = 0
+    batch: int = 0
+    # This epoch's order of the examples; None until the epoch draws it.
+    order: list[int] | None = None
+
+
+class TrainingRun:
+    """One training of ``model``'s parameters that require grad, with AdamW.
+
+    It holds everything the run's future depends on: the optimizer's and the schedule's
+    state, the data order and the position in it, and the random number generators. So
+    ``state_dict`` and ``load_state_dict`` are all a checkpoint needs besides the trained
+    weights, and a run loaded from one goes on exactly as the run that saved it would have.
+
+    ``autocast`` (a dtype) runs the forward and backward passes, and ``validate``, under
+    ``torch.autocast``; the trained weights and AdamW's state keep their own dtype, frozen
+    linear weights are held in ``autocast``'s dtype while training (``frozen_linears_in``)
+    and adapters take their inputs as they come (``adapter_inputs_uncast``). ``layout`` is
+    how each pass lays out its examples (``batch_inputs``).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        examples: list[TokenizedExample],
+        hp: Hyperparameters,
+        pad_id: int,
+        autocast: torch.dtype | None = None,
+        layout: str = LEFT_PADDED,
+    ) -> None:
+        self.model, self.examples, self.hp, self.pad_id = model, examples, hp, pad_id
+        self.autocast, self.layout = autocast, layout
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the method left no trainable parameters")
+        self.device = device_of(model)
+        # PyTorch's fused AdamW: one kernel over all the parameters (5 ms a step for SmolLM2's
+        # LoRA adapters on this CPU, against 17 ms for the default multi-tensor one).
+        fused = self.device.type in ("cpu", "cuda") and len({p.dtype for p in self.params}) == 1
+        self.optimizer = torch.optim.AdamW(self.params, lr=hp.learning_rate, weight_decay=0.0, fused=fused)
+        self.steps = total_steps(len(examples), hp)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(s, self.steps))
+        self.batches_per_epoch = math.ceil(len(examples) / hp.batch_size)
+        self.shuffler = random.Random(hp.seed)
+        self.position = Position()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's state apart from the trained weights, for ``torch.save``."""
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "position": asdict(self.position),
+            "shuffler": self.shuffler.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.position = Position(**state["position"])
+        version, internal, gauss = state["shuffler"]
+        self.shuffler.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    @property
+    def epoch(self) -> float:
+        """Epochs done, as a fraction."""
+        return self.position.epoch + self.position.batch / self.batches_per_epoch
+
+    def run(
+        self,
+        on_progress: Callable[[Progress], None],
+        validate: Callable[[int, float], None] | None = None,
+        after_step: Callable[[TrainingRun, bool], None] | None = None,
+    ) -> None:
+        """Trains from the current position to the last step.
+
+        ``validate(step, epoch)``, when given, is called at the end of every epoch and at
+        the last step; the model is back in training mode after it returns.
+        ``after_step(run, epoch_ended)`` is called after every step (and its validation), with
+        the position already past it: where a checkpoint taken then resumes.
+        """
+        # The attention is chosen once for the whole training, not per pass: a method that
+        # recomputes activations in the backward pass (gradient checkpointing, as qlora's) must
+        # recompute them with the attention that computed them.
+        size = self.hp.micro_batch_size or self.hp.batch_size
+        lengths = sorted((len(example.input_ids) for example in self.examples), reverse=True)
+        widest = sum(lengths[:size]) if self.layout == PACKED else lengths[0]
+        with (
+            frozen_linears_in(self.model, self.autocast),
+            adapter_inputs_uncast(self.model, self.autocast is not None),
+            attention_for(self.model, widest),
+        ):
+            self._run(on_progress, validate, after_step)
+
+    def _precision(self) -> Any:
+        """The passes' arithmetic; the optimizer's stays float32."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def _run(
+        self,
+        on_progress: Callable[[Progress], None],
+        validate: Callable[[int, float], None] | None,
+        after_step: Callable[[TrainingRun, bool], None] | None,
+    ) -> None:
+        hp, position = self.hp, self.position
+        self.model.train()
+        while position.step < self.steps:
+            if position.order is None:
+                position.order = list(range(len(self.examples)))
+                self.shuffler.shuffle(position.order)
+            started = time.perf_counter()
+            first = position.batch * hp.batch_size
+            step_examples = [self.examples[i] for i in position.order[first : first + hp.batch_size]]
+            with self._precision():
+                loss, tokens = accumulate_gradients(
+                    self.model, step_examples, hp.micro_batch_size, self.pad_id, self.device, self.layout
+                )
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            learning_rate = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            position.step += 1
+            position.batch += 1
+            on_progress(
+                Progress(
+                    step=position.step,
+                    total_steps=self.steps,
+                    epoch=self.epoch,
+                    loss=loss,
+                    learning_rate=learning_rate,
+                    tokens_per_second=tokens / (time.perf_counter() - started),
+                    peak_memory_bytes=peak_memory_bytes(self.device),
+                )
+            )
+            epoch_ended = position.batch == self.batches_per_epoch or position.step == self.steps
+            if epoch_ended and validate is not None:
+                with self._precision():
+                    validate(position.step, self.epoch)
+                self.model.train()
+            if position.batch == self.batches_per_epoch:
+                position.epoch, position.batch, position.order = position.epoch + 1, 0, None
+            if after_step is not None:
+                after_step(self, epoch_ended)
+
+
 def train(
     model: Any,
     examples: list[TokenizedExample],
@@ -213,92 +374,9 @@ def train(
     autocast: torch.dtype | None = None,
     layout: str = LEFT_PADDED,
 ) -> None:
-    """Trains the parameters of ``model`` that require grad with AdamW.
-
-    ``validate(step, epoch)``, when given, is called at the end of every epoch and at the
-    last step; the model is back in training mode after it returns. ``autocast`` (a dtype)
-    runs the forward passes, and ``validate``, under ``torch.autocast``; the trained weights
-    and AdamW's state keep their own dtype, frozen linear weights are held in ``autocast``'s
-    dtype until the end (``frozen_linears_in``) and adapters take their inputs as they come
-    (``adapter_inputs_uncast``). ``layout`` is how each pass lays out its
-    examples (``batch_inputs``).
-    """
-    # The attention is chosen once for the whole training, not per pass: a method that
-    # recomputes activations in the backward pass (gradient checkpointing, as qlora's) must
-    # recompute them with the attention that computed them.
-    size = hp.micro_batch_size or hp.batch_size
-    lengths = sorted((len(example.input_ids) for example in examples), reverse=True)
-    widest = sum(lengths[:size]) if layout == PACKED else lengths[0]
-    with (
-        frozen_linears_in(model, autocast),
-        adapter_inputs_uncast(model, autocast is not None),
-        attention_for(model, widest),
-    ):
-        _train(model, examples, hp, pad_id, on_progress, validate, layout, autocast)
-
-
-def _train(
-    model: Any,
-    examples: list[TokenizedExample],
-    hp: Hyperparameters,
-    pad_id: int,
-    on_progress: Callable[[Progress], None],
-    validate: Callable[[int, float], None] | None,
-    layout: str,
-    autocast: torch.dtype | None,
-) -> None:
-    def precision() -> Any:
-        """The passes' arithmetic; the optimizer's stays float32."""
-        return torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the method left no trainable parameters")
-    device = device_of(model)
-    # PyTorch's fused AdamW: one kernel over all the parameters (5 ms a step for SmolLM2's
-    # LoRA adapters on this CPU, against 17 ms for the default multi-tensor one).
-    fused = device.type in ("cpu", "cuda") and len({p.dtype for p in params}) == 1
-    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0, fused=fused)
-    steps = total_steps(len(examples), hp)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, steps))
-    batches_per_epoch = math.ceil(len(examples) / hp.batch_size)
-    rng = random.Random(hp.seed)
-    model.train()
-    step = 0
-    for epoch in range(hp.epochs):
-        if step >= steps:
-            return
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for b in range(batches_per_epoch):
-            if step >= steps:
-                break
-            started = time.perf_counter()
-            step_examples = [examples[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]]
-            with precision():
-                loss, tokens = accumulate_gradients(model, step_examples, hp.micro_batch_size, pad_id, device, layout)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            learning_rate = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            epoch_done = epoch + (b + 1) / batches_per_epoch
-            on_progress(
-                Progress(
-                    step=step,
-                    total_steps=steps,
-                    epoch=epoch_done,
-                    loss=loss,
-                    learning_rate=learning_rate,
-                    tokens_per_second=tokens / (time.perf_counter() - started),
-                    peak_memory_bytes=peak_memory_bytes(device),
-                )
-            )
-        if validate is not None:
-            with precision():
-                validate(step, epoch_done)
-            model.train()
+    """Trains the parameters of ``model`` that require grad, from the start to the last
+    step: a ``TrainingRun`` without checkpoints."""
+    TrainingRun(model, examples, hp, pad_id, autocast, layout).run(on_progress, validate)
 
 
 def accumulate_gradients(

@@ -58,6 +58,9 @@ from tunewright.plugin_manager import get_method, load_methods
 
 log = structlog.get_logger(__name__)
 
+# The base model's answers and score, kept for a resumed run of the job.
+BASE_EVALUATION = "base-evaluation.json"
+
 
 class JobFailure(Exception):
     """Ends the job FAILED with an UPPER_SNAKE code and a message the user can act on."""
@@ -129,6 +132,23 @@ def score(
     return answers, Score(loss=loss, seconds=seconds, **training.score(answers, references))
 
 
+def evaluate_base(
+    job_dir: Path, events: Events, model, tokenizer, test: list, tokenized: list, references: list[str], hp, layout: str
+):
+    """The base model's answers and score on the test split. They are kept in the job's
+    folder, so a job resumed after a crash does not evaluate its base again."""
+    kept = job_dir / BASE_EVALUATION
+    if kept.exists():
+        saved = json.loads(kept.read_text())
+        events.log("the base model's evaluation is kept from the job's earlier run")
+        return saved["answers"], msgspec.convert(saved["score"], Score)
+    events.log(f"evaluating the base model on {len(test)} test examples")
+    answers, base_score = score(model, tokenizer, test, tokenized, hp, references, layout)
+    events.log(f"evaluated the base model in {base_score.seconds:.1f} s")
+    write_bytes_atomic(kept, json.dumps({"answers": answers, "score": msgspec.to_builtins(base_score)}).encode())
+    return answers, base_score
+
+
 def run(job_dir: Path, events: Events) -> None:
     spec = read_spec(job_dir)
     hp = spec.hyperparameters
@@ -139,7 +159,7 @@ def run(job_dir: Path, events: Events) -> None:
     import torch
 
     from tunewright.core import probe
-    from tunewright.trainer import training
+    from tunewright.trainer import checkpoints, training
 
     training.keep_freed_memory()
     torch.manual_seed(hp.seed)
@@ -177,20 +197,23 @@ def run(job_dir: Path, events: Events) -> None:
     if hp.evaluate and not test:
         events.log("the dataset has no test split, so there is no evaluation")
     if evaluate:
-        events.log(f"evaluating the base model on {len(test)} test examples")
-        base_answers, base_score = score(model, tokenizer, test, tokenized["test"], hp, references, layout)
-        events.log(f"evaluated the base model in {base_score.seconds:.1f} s")
+        base_answers, base_score = evaluate_base(
+            job_dir, events, model, tokenizer, test, tokenized["test"], references, hp, layout
+        )
 
     try:
         model = method.prepare(model, config)
     except ValueError as error:
         raise JobFailure("INVALID_METHOD_PARAMETER", f"method {method.name!r}: {error}") from error
 
+    last = {"loss": math.nan, "validation_loss": None}
+
     def on_progress(progress: Progress) -> None:
         if not math.isfinite(progress.loss):
             raise JobFailure(
                 "TRAINING_DIVERGED", f"the loss became {progress.loss} at step {progress.step}; lower learning_rate"
             )
+        last["loss"] = progress.loss
         events.emit(progress)
 
     events.log(f"training {method.name} for {training.total_steps(len(train_examples), hp)} steps")
@@ -200,23 +223,39 @@ def run(job_dir: Path, events: Events) -> None:
 
     def on_validation(step: int, epoch: float) -> None:
         loss = training.mean_loss(model, tokenized["validation"], tokenizer.pad_token_id, layout=layout)
+        last["validation_loss"] = loss
         events.emit(Validation(step=step, epoch=epoch, loss=loss))
         events.log(f"validation loss {loss:.4f} at step {step}")
 
     dtype, why = training.autocast_dtype(hp.precision, runtime)
     events.log(why)
     events.log(layout_why)
+    run = training.TrainingRun(model, train_examples, hp, tokenizer.pad_token_id, autocast=dtype, layout=layout)
+    folder = job_dir / checkpoints.CHECKPOINTS
+    resume_from = checkpoints.latest(folder)
+    if resume_from is not None:
+        try:
+            checkpoints.load(resume_from, run, model)
+        except ValueError as error:
+            raise JobFailure("CHECKPOINT_MISMATCH", f"cannot resume: {error}") from error
+        events.log(
+            f"resumed from the checkpoint at step {resume_from.step} of {run.steps} (epoch {resume_from.epoch:.2f})"
+        )
+    policy = checkpoints.Policy(hp.checkpoint_every)
+
+    def after_step(run: training.TrainingRun, epoch_ended: bool) -> None:
+        if not policy.due(run.position.step, epoch_ended):
+            return
+        started = time.monotonic()
+        trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        checkpoints.save(folder, run, trained, last["loss"], last["validation_loss"] if epoch_ended else None)
+        checkpoints.prune(folder, hp.keep_checkpoints)
+        seconds = time.monotonic() - started
+        policy.written(seconds)
+        events.log(f"checkpoint at step {run.position.step} written in {seconds:.2f} s")
+
     training_started = time.monotonic()
-    training.train(
-        model,
-        train_examples,
-        hp,
-        tokenizer.pad_token_id,
-        on_progress,
-        on_validation if tokenized["validation"] else None,
-        autocast=dtype,
-        layout=layout,
-    )
+    run.run(on_progress, on_validation if tokenized["validation"] else None, after_step)
     events.log(f"trained in {time.monotonic() - training_started:.1f} s, validation included")
 
     kind = method.capabilities.artifact_kind

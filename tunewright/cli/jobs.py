@@ -62,6 +62,12 @@ def create(
     ] = None,
     max_seq_length: int | None = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (0: no limit)")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="steps between checkpoints (0: as often as costs under 5% of training)")
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None, typer.Option(help="latest checkpoints kept, besides the best by validation loss")
+    ] = None,
     seed: int | None = None,
     evaluate: Annotated[
         bool | None, typer.Option("--evaluate/--no-evaluate", help="compare base and tuned on the test split")
@@ -86,6 +92,8 @@ def create(
         packing=packing,
         max_seq_length=max_seq_length,
         max_steps=max_steps,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
         seed=seed,
         evaluate=evaluate,
     )
@@ -164,6 +172,21 @@ def show(ctx: typer.Context, job: str, json: JsonFlag = False) -> None:
     """One job: its settings, progress, error, and the base-against-tuned table."""
     found = client(ctx).get_job(job)
     emit(json, found, show_job)
+
+
+@app.command()
+def checkpoints(ctx: typer.Context, job: str, json: JsonFlag = False) -> None:
+    """The job's complete checkpoints: where it resumes from if its worker or trainer dies."""
+    found = client(ctx).list_checkpoints(job)
+    if json:
+        print_json(found)
+        return
+    table = Table("name", "step", "epoch", "loss", "validation loss", "size", "created")
+    for c in found:
+        validation = f"{c.validation_loss:.4f}" if c.validation_loss is not None else "-"
+        size = f"{c.size_bytes / 2**20:.1f} MiB"
+        table.add_row(c.name, str(c.step), f"{c.epoch:.2f}", f"{c.loss:.4f}", validation, size, when(c.created))
+    console.print(table)
 
 
 @app.command()

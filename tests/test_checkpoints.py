@@ -1,0 +1,195 @@
+"""Checkpoints: written atomically, pruned, listed, and a run resumed from one ends exactly as
+the run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import pytest
+
+from conftest import ticket_lines
+from tunewright.contract import Hyperparameters
+from tunewright.trainer import checkpoints
+from tunewright.trainer.runner import WORKER_PID
+
+
+class Crash(Exception):
+    pass
+
+
+def lora_model(tiny_model, seed: int):
+    import torch
+
+    from tunewright.methods import detect_runtime
+    from tunewright.parameters import build_config
+    from tunewright.plugin_manager import get_method, load_methods
+
+    method = get_method(load_methods(), "lora")
+    config = build_config(method, {})
+    torch.manual_seed(seed)
+    return method.prepare(method.load_base(tiny_model, config, detect_runtime()), config)
+
+
+def trained_weights(model) -> dict:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("crash_after", [3, 4], ids=["inside-an-epoch", "at-an-epoch-end"])
+def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_the_uninterrupted_run(
+    tiny_model, tiny_tokenizer, tmp_path, precision, crash_after
+):
+    import torch
+
+    from tunewright.core.chat import tokenize_for_training
+    from tunewright.trainer import training
+
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(16)]
+    # 16 examples in batches of 4: an epoch is 4 steps; 3 epochs.
+    hp = Hyperparameters(epochs=3, batch_size=4, learning_rate=1e-3, max_seq_length=256, seed=0)
+    autocast = torch.bfloat16 if precision == "bf16" else None
+    pad = tiny_tokenizer.pad_token_id
+
+    model = lora_model(tiny_model, seed=0)
+    whole, validations = [], []
+    run = training.TrainingRun(model, examples, hp, pad, autocast)
+    run.run(whole.append, lambda step, epoch: validations.append(step))
+    expected = trained_weights(model)
+    assert validations == [4, 8, 12]
+
+    folder = tmp_path / "checkpoints"
+    model = lora_model(tiny_model, seed=0)
+    before = []
+
+    def crash(run: training.TrainingRun, epoch_ended: bool) -> None:
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        checkpoints.save(folder, run, trained, before[-1].loss)
+        if run.position.step == crash_after:
+            raise Crash
+
+    with pytest.raises(Crash):
+        training.TrainingRun(model, examples, hp, pad, autocast).run(before.append, None, crash)
+
+    # A new process would build the model from another random state: the checkpoint decides.
+    model = lora_model(tiny_model, seed=1)
+    run = training.TrainingRun(model, examples, hp, pad, autocast)
+    found = checkpoints.latest(folder)
+    assert found.step == crash_after
+    checkpoints.load(found, run, model)
+    after = []
+    run.run(after.append)
+
+    assert [p.step for p in before + after] == list(range(1, 13))
+    assert [p.loss for p in before + after] == [p.loss for p in whole]
+    assert [p.learning_rate for p in after] == [p.learning_rate for p in whole[crash_after:]]
+    final = trained_weights(model)
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[name], expected[name]) for name in expected)
+
+
+def test_a_crash_while_writing_leaves_the_last_complete_checkpoint_and_prune_removes_the_rest(
+    tiny_model, tiny_tokenizer, tmp_path, monkeypatch
+):
+    import torch
+
+    from tunewright.core.chat import tokenize_for_training
+    from tunewright.trainer import training
+
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(8)]
+    hp = Hyperparameters(epochs=6, batch_size=4, learning_rate=1e-3, max_seq_length=256, seed=0)
+    model = lora_model(tiny_model, seed=0)
+    folder = tmp_path / "checkpoints"
+    validation = {2: 3.0, 4: 1.0, 6: 2.0, 8: 2.5, 10: 2.2}  # the best at step 4
+
+    def save(run: training.TrainingRun, epoch_ended: bool) -> None:
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        checkpoints.save(folder, run, trained, 0.5, validation.get(run.position.step))
+
+    training.TrainingRun(model, examples, hp, tiny_tokenizer.pad_token_id).run(lambda p: None, None, save)
+    assert [c.step for c in checkpoints.complete(folder)] == list(range(1, 13))
+    assert checkpoints.latest(folder).validation_loss is None
+
+    def torn(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    run = training.TrainingRun(model, examples, hp, tiny_tokenizer.pad_token_id)
+    run.position.step = 13
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(OSError):
+        checkpoints.save(folder, run, trained_weights(model), 0.4)
+    assert (folder / ".step-00000013.tmp").is_dir()
+    assert checkpoints.latest(folder).step == 12
+
+    removed = checkpoints.prune(folder, keep=2)
+    assert folder / ".step-00000013.tmp" in removed
+    assert [c.step for c in checkpoints.complete(folder)] == [4, 11, 12]
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000004", "step-00000011", "step-00000012"]
+
+
+def test_the_policy_writes_every_n_steps_and_at_epoch_ends_or_keeps_under_5_percent_of_the_time():
+    every = checkpoints.Policy(3)
+    assert [s for s in range(1, 10) if every.due(s, epoch_ended=s == 4)] == [3, 4, 6, 9]
+
+    now = [0.0]
+    auto = checkpoints.Policy(0, clock=lambda: now[0])
+    now[0] = 59.0
+    assert not auto.due(10, epoch_ended=False)
+    assert auto.due(10, epoch_ended=True)
+    now[0] = 60.0
+    assert auto.due(11, epoch_ended=False)
+    auto.written(seconds=6.0)  # a slow write: the next waits 20 times as long
+    now[0] = 60.0 + 119.0
+    assert not auto.due(12, epoch_ended=False)
+    now[0] = 60.0 + 120.0
+    assert auto.due(13, epoch_ended=False)
+
+
+def test_a_job_killed_ten_times_resumes_each_time_and_ends_with_the_uninterrupted_weights(services, tiny_model):
+    """The worker is SIGKILLed at random steps, checkpoints or not, 10 times; each run goes
+    on from the last complete checkpoint, and the result is bit for bit the job run whole."""
+    from safetensors.torch import load_file
+
+    client = services.client
+    lines = ticket_lines(40)
+    dataset = client.create_dataset(client.upload_bytes("c.jsonl", ("\n".join(lines) + "\n").encode()).name)
+    settings = dict(base_model=str(tiny_model), epochs=10, batch_size=8, evaluate=False, checkpoint_every=2)
+    whole = client.create_job(dataset.name, **settings)
+    list(client.watch_job(whole.name))
+    assert client.get_job(whole.name).state == "succeeded"
+
+    job = client.create_job(dataset.name, **settings)
+    job_dir = services.root / "trainer" / "jobs" / job.name.split("/")[1]
+    chooser = random.Random(8)
+    kills, resumed_at, events = [], [], []
+    kill_at = chooser.randint(3, 4)
+    for event in client.watch_job(job.name):
+        events.append(event)
+        if event.log and event.log.startswith("resumed from the checkpoint at step "):
+            resumed_at.append(int(event.log.split()[6]))
+            kill_at = resumed_at[-1] + chooser.randint(3, 4)
+        if event.progress and event.progress.step == kill_at and len(kills) < 10:
+            os.kill(int((job_dir / WORKER_PID).read_text()), signal.SIGKILL)
+            kills.append(event.progress.step)
+            kill_at = -1
+    final = client.get_job(job.name)
+    assert final.state == "succeeded", final.error
+    assert len(kills) == 10 and len(resumed_at) == 10
+    # No kill lost more than one checkpoint interval.
+    assert all(killed - resumed <= 2 for killed, resumed in zip(kills, resumed_at, strict=True))
+    total = final.progress.total_steps
+    listed = client.list_checkpoints(job.name)
+    assert [c.step for c in listed][-2:] == [total - 2, total] and listed[-1].epoch == 10
+    assert listed[-1].name == f"{job.name}/checkpoints/{total}" and listed[-1].size_bytes > 0
+    assert listed[-1].validation_loss is not None and listed[-2].validation_loss is None
+
+    def weights(name: str) -> dict:
+        return load_file(
+            services.root / "trainer" / "jobs" / name.split("/")[1] / "artifact/adapter/adapter_model.safetensors"
+        )
+
+    expected, got = weights(whole.name), weights(job.name)
+    assert expected.keys() == got.keys()
+    assert all((expected[k] == got[k]).all() for k in expected)
