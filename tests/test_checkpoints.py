@@ -193,3 +193,40 @@ def test_a_job_killed_ten_times_resumes_each_time_and_ends_with_the_uninterrupte
     expected, got = weights(whole.name), weights(job.name)
     assert expected.keys() == got.keys()
     assert all((expected[k] == got[k]).all() for k in expected)
+
+
+def test_any_kept_checkpoint_exports_like_a_finished_job_and_a_missing_one_is_not_found(services, tiny_model):
+    from safetensors.torch import load_file
+
+    from tunewright.client import ServiceError
+
+    client = services.client
+    dataset = client.create_dataset(client.upload_bytes("e.jsonl", ("\n".join(ticket_lines(40)) + "\n").encode()).name)
+    job = client.create_job(
+        dataset.name, base_model=str(tiny_model), epochs=3, batch_size=8, evaluate=False, keep_checkpoints=3
+    )
+    list(client.watch_job(job.name))
+    # A short job checkpoints at each epoch's end.
+    first = client.list_checkpoints(job.name)[0]
+    assert [c.step for c in client.list_checkpoints(job.name)] == [4, 8, 12]
+
+    exported = client.export_model(first.name, format="safetensors")
+    job_id = job.name.split("/")[1]
+    assert exported.name == f"models/{job_id}-step-{first.step}" and exported.job == first.name
+    assert exported.max_kl_divergence is not None and exported.max_kl_divergence <= exported.kl_tolerance
+    final = client.export_model(job.name, format="safetensors")
+
+    def weights(model) -> dict:
+        return load_file(services.root / "serve" / "models" / model.name.split("/")[1] / "model.safetensors")
+
+    # The checkpoint at step 4 is another model than the finished job's.
+    early, last = weights(exported), weights(final)
+    assert early.keys() == last.keys() and any(not (early[k] == last[k]).all() for k in early)
+
+    with pytest.raises(ServiceError) as missing:
+        client.export_model(f"{job.name}/checkpoints/5", format="safetensors")
+    assert missing.value.code == "NOT_FOUND" and missing.value.reason == "CHECKPOINT_NOT_FOUND"
+    assert "ListCheckpoints" in missing.value.message
+    with pytest.raises(ServiceError) as malformed:
+        client.export_model(f"{job.name}/checkpoints/last", format="safetensors")
+    assert malformed.value.code == "INVALID_ARGUMENT" and malformed.value.violations[0][0] == "job"

@@ -364,7 +364,8 @@ class Client:
         model_id: str = "",
         request_id: str = "",
     ) -> Model:
-        """Exports a finished job: ``format`` "gguf", "safetensors", or "" for the best the
+        """Exports a finished job, or a checkpoint of any job ("jobs/J/checkpoints/STEP",
+        ``list_checkpoints``): ``format`` "gguf", "safetensors", or "" for the best the
         method allows; ``options`` are the format's (``type`` = f16/q8_0/bf16 for gguf)."""
         request = serve_pb.ExportModelRequest(
             request_id=request_id or uuid.uuid4().hex,

@@ -37,7 +37,7 @@ from tunewright.core.errors import (
     TunewrightError,
     Unavailable,
 )
-from tunewright.core.ids import parse_name
+from tunewright.core.ids import parse_job_or_checkpoint, parse_name
 from tunewright.core.security import ChannelSecurity, open_channel
 from tunewright.core.timeutil import now
 from tunewright.exporters import Exported, ExporterRegistry, ExportFormat, MergedModel
@@ -86,6 +86,12 @@ class _Receiver:
 def _trainer_error(error: grpc.RpcError, job: str, trainer_address: str) -> Exception:
     code, details = error.code(), error.details()
     if code == grpc.StatusCode.NOT_FOUND:
+        if "/checkpoints/" in job:
+            return NotFound(
+                f"the trainer has no {job}: {details}",
+                reason="CHECKPOINT_NOT_FOUND",
+                violations=[FieldViolation("job", "no such checkpoint")],
+            )
         return NotFound(
             f"{job} does not exist on the trainer",
             reason="JOB_NOT_FOUND",
@@ -214,8 +220,9 @@ class Exporter:
     ) -> ModelRecord:
         if existing := self.store.by_request(request_id):
             return existing
-        job_id = parse_name(job, "jobs", field="job")
-        model_id = model_id or job_id
+        job_name, checkpoint = parse_job_or_checkpoint(job, field="job")
+        job_id = parse_name(job_name, "jobs", field="job")
+        model_id = model_id or (job_id if checkpoint is None else f"{job_id}-step-{checkpoint}")
         if not MODEL_ID.match(model_id):
             raise InvalidArgument(
                 f"model_id {model_id!r} must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit",
@@ -235,18 +242,18 @@ class Exporter:
                 reason="MODEL_EXISTS",
                 violations=[FieldViolation("model_id", "taken")],
             )
-        plan = self._plan(job, format, options)
+        plan = self._plan(job_name, checkpoint, format, options)
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".export-"))
         try:
             return self._export(staging, request_id, job, model_id, plan)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _plan(self, job: str, format: str, options: dict[str, str]) -> Plan:
+    def _plan(self, job: str, checkpoint: int | None, format: str, options: dict[str, str]) -> Plan:
         """The job's method, the format and its options, refusing what cannot be done
-        before anything is transferred."""
+        before anything is transferred. A checkpoint can be exported whatever its job's state."""
         found = get_job(self.trainer_address, job)
-        if found.state != trainer_pb.JOB_STATE_SUCCEEDED:
+        if checkpoint is None and found.state != trainer_pb.JOB_STATE_SUCCEEDED:
             state = trainer_pb.JobState.Name(found.state).removeprefix("JOB_STATE_")
             raise FailedPrecondition(
                 f"{job} is {state}; only a job that SUCCEEDED can be exported", reason="JOB_NOT_SUCCEEDED"

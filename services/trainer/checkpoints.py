@@ -122,7 +122,7 @@ def save(
 def _read(path: Path) -> Checkpoint | None:
     try:
         info = json.loads((path / INFO).read_text())
-        size = sum(f.stat().st_size for f in path.iterdir())
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     except (OSError, ValueError):
         return None
     return Checkpoint(
@@ -150,9 +150,17 @@ def latest(folder: Path) -> Checkpoint | None:
 
 
 def load(checkpoint: Checkpoint, run: Any, model: Any) -> None:
-    """Puts ``checkpoint``'s trained weights into ``model`` and its state into ``run``.
-    Refuses a checkpoint whose weights are not exactly the model's trainable parameters
-    (another method or method parameters wrote it)."""
+    """Puts ``checkpoint``'s trained weights into ``model`` and its state into ``run``."""
+    import torch
+
+    load_weights(checkpoint, model)
+    run.load_state_dict(torch.load(checkpoint.path / RUN_STATE, weights_only=True))
+
+
+def load_weights(checkpoint: Checkpoint, model: Any) -> None:
+    """Puts ``checkpoint``'s trained weights into ``model``. Refuses a checkpoint whose
+    weights are not exactly the model's trainable parameters (another method or method
+    parameters wrote it)."""
     import torch
     from safetensors.torch import load_file
 
@@ -163,7 +171,6 @@ def load(checkpoint: Checkpoint, run: Any, model: Any) -> None:
     with torch.no_grad():
         for name, parameter in expected.items():
             parameter.copy_(trained[name])
-    run.load_state_dict(torch.load(checkpoint.path / RUN_STATE, weights_only=True))
 
 
 def prune(folder: Path, keep: int) -> list[Path]:

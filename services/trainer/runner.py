@@ -21,6 +21,7 @@ import structlog
 
 from tunewright import contract
 from tunewright.contract import JOB_SPEC, WORKER_LOG, Done, Failed, Hyperparameters, JobSpec
+from tunewright.core.errors import FailedPrecondition
 from tunewright.core.files import write_bytes_atomic
 from tunewright.core.metrics import Metrics
 from tunewright.trainer import checkpoints
@@ -33,6 +34,15 @@ KILL_AFTER_SECONDS = 10.0
 # in native code) is run again, up to this many runs in all, before its job is FAILED.
 MAX_WORKER_ATTEMPTS = 3
 WORKER_PID = "worker.pid"
+# Building a checkpoint's artifact loads the base model and saves what was trained.
+CHECKPOINT_ARTIFACT_SECONDS = 600
+
+
+def _event_or_none(line: bytes) -> contract.WorkerEvent | None:
+    try:
+        return contract.decode_event(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 class JobRunner:
@@ -59,6 +69,7 @@ class JobRunner:
         self._cancelled: set[str] = set()
         # Runs of each job's worker so far in this trainer's life.
         self._attempts: dict[str, int] = {}
+        self._artifact_lock = threading.Lock()
         # One thread a slot: each takes the oldest queued job, so the queue is first come, first served.
         self._threads = [
             threading.Thread(target=self._loop, name=f"job-runner-{slot}", daemon=True) for slot in range(max_running)
@@ -76,6 +87,35 @@ class JobRunner:
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
+
+    def build_checkpoint_artifact(self, job_id: str, step: int) -> None:
+        """Builds the artifact of a checkpoint in a worker process (``worker
+        --checkpoint-artifact``), one at a time; its log goes to the job's worker.log."""
+        job_dir = self.job_dir(job_id)
+        with self._artifact_lock, open(job_dir / WORKER_LOG, "ab") as worker_log:
+            finished = subprocess.run(
+                [sys.executable, "-m", "tunewright.trainer.worker", str(job_dir), "--checkpoint-artifact", str(step)],
+                stdin=subprocess.DEVNULL,
+                stdout=worker_log,
+                stderr=subprocess.PIPE,
+                env=self._worker_env(),
+                timeout=CHECKPOINT_ARTIFACT_SECONDS,
+                check=False,
+            )
+            worker_log.write(finished.stderr)
+        if finished.returncode != 0:
+            reasons = [e for e in map(_event_or_none, finished.stderr.splitlines()) if isinstance(e, Failed)]
+            why = reasons[-1].message if reasons else f"the worker exited with code {finished.returncode}"
+            raise FailedPrecondition(
+                f"could not build the artifact of the checkpoint at step {step} of jobs/{job_id}: {why}; "
+                f"see {job_dir / WORKER_LOG}",
+                reason="CHECKPOINT_ARTIFACT_FAILED",
+            )
+
+    @staticmethod
+    def _worker_env() -> dict[str, str]:
+        # Nothing is fetched from a model hub at run time.
+        return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 
     def _checkpoint_step(self, job_id: str) -> int:
         """The step of the job's latest complete checkpoint; 0 without one."""
@@ -184,8 +224,7 @@ class JobRunner:
         write_bytes_atomic(job_dir / JOB_SPEC, contract.to_json(spec))
         checkpoint_before = self._checkpoint_step(job.id)
         read_fd, write_fd = os.pipe()
-        # Nothing is fetched from a model hub at run time.
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+        env = self._worker_env()
         with open(job_dir / WORKER_LOG, "ab") as worker_log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "tunewright.trainer.worker", str(job_dir), "--events-fd", str(write_fd)],

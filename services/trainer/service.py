@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from tunewright import contract
-from tunewright.contract import ARTIFACT, Hyperparameters
+from tunewright.contract import ARTIFACT, MANIFEST, Hyperparameters
 from tunewright.core.basemodel import check_base_model
 from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tunewright.methods import Method
@@ -181,21 +181,39 @@ class Trainer:
             raise FailedPrecondition(
                 f"jobs/{job_id} is {job.state}; artifacts exist once it has SUCCEEDED", reason="JOB_NOT_SUCCEEDED"
             )
-        root = self.runner.job_dir(job_id) / ARTIFACT
-        files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
-        if path:
-            files = [(rel, p) for rel, p in files if rel == path]
-            if not files:
-                raise NotFound(
-                    f"jobs/{job_id} has no artifact file {path!r}",
-                    reason="ARTIFACT_FILE_NOT_FOUND",
-                    violations=[FieldViolation("path", "no such file in the artifact")],
-                )
-        return files
+        return _files(self.runner.job_dir(job_id) / ARTIFACT, path, f"jobs/{job_id}")
+
+    def checkpoint_artifact_files(self, job_id: str, step: int, path: str) -> list[tuple[str, Path]]:
+        """The artifact of the job's checkpoint at ``step``, built on first use by a worker
+        process (the method's save, the probe and the manifest, as a finished job has)."""
+        found = {c.step: c for c in self.checkpoints(job_id)}.get(step)
+        if found is None:
+            raise NotFound(
+                f"jobs/{job_id} has no checkpoint at step {step}; ListCheckpoints lists the ones kept",
+                reason="CHECKPOINT_NOT_FOUND",
+            )
+        root = found.path / ARTIFACT
+        if not (root / MANIFEST).exists():
+            self.runner.build_checkpoint_artifact(job_id, step)
+        return _files(root, path, f"the checkpoint at step {step} of jobs/{job_id}")
 
     def checkpoints(self, job_id: str) -> list[checkpoints.Checkpoint]:
         self.store.get(job_id)  # NOT_FOUND for an unknown job
         return checkpoints.complete(self.runner.job_dir(job_id) / checkpoints.CHECKPOINTS)
+
+
+def _files(root: Path, path: str, what: str) -> list[tuple[str, Path]]:
+    """The files under ``root`` by relative path, or only ``path``."""
+    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+    if path:
+        files = [(rel, p) for rel, p in files if rel == path]
+        if not files:
+            raise NotFound(
+                f"{what} has no artifact file {path!r}",
+                reason="ARTIFACT_FILE_NOT_FOUND",
+                violations=[FieldViolation("path", "no such file in the artifact")],
+            )
+    return files
 
 
 HYPERPARAMETER_NAMES = [f.name for f in msgspec.structs.fields(Hyperparameters)]

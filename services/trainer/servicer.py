@@ -9,7 +9,7 @@ import structlog
 
 from tunewright.contract import ArtifactKind
 from tunewright.core.files import sha256_file
-from tunewright.core.ids import parse_name
+from tunewright.core.ids import parse_job_or_checkpoint, parse_name
 from tunewright.core.timeutil import to_timestamp
 from tunewright.methods import Method
 from tunewright.parameters import default_json, parameter_specs
@@ -193,8 +193,13 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
             yield event_pb(event)
 
     def ReadArtifact(self, request, context):
-        job_id = job_id_of(request.name)
-        for relative, path in self.trainer.artifact_files(job_id, request.path):
+        job, checkpoint = parse_job_or_checkpoint(request.name)
+        job_id = job_id_of(job)
+        if checkpoint is None:
+            files = self.trainer.artifact_files(job_id, request.path)
+        else:
+            files = self.trainer.checkpoint_artifact_files(job_id, checkpoint, request.path)
+        for relative, path in files:
             yield pb.ReadArtifactResponse(
                 file=pb.ArtifactFile(path=relative, size_bytes=path.stat().st_size, sha256=sha256_file(path))
             )

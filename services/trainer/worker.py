@@ -149,6 +149,62 @@ def evaluate_base(
     return answers, base_score
 
 
+def build_artifact(model, method: Method, config, spec: JobSpec, tokenizer, probe_conversation, staging: Path) -> None:
+    """Writes into ``staging`` what the method trained, the probe and the manifest: what
+    the serve service exports."""
+    from tunewright.core import probe
+
+    kind = method.capabilities.artifact_kind
+    shutil.rmtree(staging, ignore_errors=True)
+    method.save(model, config, staging / kind.folder)
+    # The probe: what the trained model computes on one held-out example, for whoever
+    # rebuilds it from this artifact to check against.
+    probe_input = probe.probe_ids(tokenizer, probe_conversation)
+    probe_dtype = probe.compute_dtype(model)
+    probe.write_probe(staging / PROBE, probe_input, probe.logits_at(model.eval(), probe_input))
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        job_id=spec.job_id,
+        base_model=spec.base_model,
+        method=method.name,
+        method_parameters=spec.method_parameters,
+        hyperparameters=spec.hyperparameters,
+        artifact_kind=kind,
+        trained=kind.folder,
+        probe=Probe(file=PROBE, compute_dtype=probe_dtype, tolerance=probe.TOLERANCE[probe_dtype]),
+    )
+    write_bytes_atomic(staging / MANIFEST, contract.to_json(manifest))
+
+
+def build_checkpoint_artifact(job_dir: Path, step: int, events: Events) -> None:
+    """Builds the artifact of the job's checkpoint at ``step`` into its folder
+    (``checkpoints/step-N/artifact``), so that it can be exported like a finished job's: the
+    base model, prepared by the method, with the checkpoint's trained weights."""
+    spec = read_spec(job_dir)
+    method = get_method(load_methods(), spec.method)
+    config = build_config(method, spec.method_parameters)
+    import_first(method)
+
+    import torch
+
+    from tunewright.trainer import checkpoints
+
+    found = {c.step: c for c in checkpoints.complete(job_dir / checkpoints.CHECKPOINTS)}.get(step)
+    if found is None:
+        raise JobFailure("CHECKPOINT_NOT_FOUND", f"{job_dir.name} has no checkpoint at step {step}")
+    splits = fetch_splits(spec.data_service, spec.dataset)
+    folder = resolve_base_model(spec.base_model, Path(spec.model_cache))
+    torch.manual_seed(spec.hyperparameters.seed)
+    model = method.prepare(method.load_base(folder, config, detect_runtime()), config)
+    checkpoints.load_weights(found, model)
+    events.log(f"building the artifact of the checkpoint at step {step}")
+    staging = found.path / f".{ARTIFACT}.tmp"
+    conversation = (splits["test"] or splits["validation"] or splits["train"])[0]
+    build_artifact(model, method, config, spec, load_tokenizer(folder), conversation, staging)
+    shutil.rmtree(found.path / ARTIFACT, ignore_errors=True)
+    staging.rename(found.path / ARTIFACT)
+
+
 def run(job_dir: Path, events: Events) -> None:
     spec = read_spec(job_dir)
     hp = spec.hyperparameters
@@ -158,7 +214,6 @@ def run(job_dir: Path, events: Events) -> None:
 
     import torch
 
-    from tunewright.core import probe
     from tunewright.trainer import checkpoints, training
 
     training.keep_freed_memory()
@@ -258,29 +313,9 @@ def run(job_dir: Path, events: Events) -> None:
     run.run(on_progress, on_validation if tokenized["validation"] else None, after_step)
     events.log(f"trained in {time.monotonic() - training_started:.1f} s, validation included")
 
-    kind = method.capabilities.artifact_kind
     staging = job_dir / f".{ARTIFACT}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    method.save(model, config, staging / kind.folder)
-
-    # The probe: what the trained model computes on one held-out example, for whoever
-    # rebuilds it from this artifact to check against.
     probe_conversation = (test or splits["validation"] or splits["train"])[0]
-    probe_input = probe.probe_ids(tokenizer, probe_conversation)
-    probe_dtype = probe.compute_dtype(model)
-    probe.write_probe(staging / PROBE, probe_input, probe.logits_at(model.eval(), probe_input))
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        job_id=spec.job_id,
-        base_model=spec.base_model,
-        method=method.name,
-        method_parameters=spec.method_parameters,
-        hyperparameters=hp,
-        artifact_kind=kind,
-        trained=kind.folder,
-        probe=Probe(file=PROBE, compute_dtype=probe_dtype, tolerance=probe.TOLERANCE[probe_dtype]),
-    )
-    write_bytes_atomic(staging / MANIFEST, contract.to_json(manifest))
+    build_artifact(model, method, config, spec, tokenizer, probe_conversation, staging)
 
     if evaluate:
         events.log("evaluating the fine-tuned model")
@@ -303,7 +338,10 @@ def run(job_dir: Path, events: Events) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tunewright.trainer.worker")
     parser.add_argument("job_dir", type=Path)
-    parser.add_argument("--events-fd", type=int, required=True)
+    parser.add_argument("--events-fd", type=int, help="where to write the events (JSON lines); stderr if not given")
+    parser.add_argument(
+        "--checkpoint-artifact", type=int, metavar="STEP", help="only build the artifact of the checkpoint at STEP"
+    )
     args = parser.parse_args(argv)
     configure_logging("trainer-worker", json=True)
     structlog.contextvars.bind_contextvars(job_id=args.job_dir.name)
@@ -312,9 +350,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(torch_threads))
-    events = Events(args.events_fd)
+    events = Events(args.events_fd if args.events_fd is not None else os.dup(sys.stderr.fileno()))
     try:
-        run(args.job_dir, events)
+        if args.checkpoint_artifact is not None:
+            build_checkpoint_artifact(args.job_dir, args.checkpoint_artifact, events)
+        else:
+            run(args.job_dir, events)
     except JobFailure as failure:
         events.emit(Failed(code=failure.code, message=failure.message))
         return 1

@@ -22,3 +22,18 @@ def parse_name(name: str, collection: str, field: str = "name") -> str:
             violations=[FieldViolation(field, f"expected '{collection}/{{id}}', got {name!r}")],
         )
     return resource_id
+
+
+def parse_job_or_checkpoint(name: str, field: str = "name") -> tuple[str, int | None]:
+    """Splits "jobs/{job}/checkpoints/{step}" into ("jobs/{job}", step); "jobs/{job}" into
+    (itself, None). The job part is left for ``parse_name`` to check."""
+    job, separator, step = name.partition("/checkpoints/")
+    if not separator:
+        return name, None
+    if not step.isdigit():
+        raise InvalidArgument(
+            f"{field} must look like 'jobs/{{job}}/checkpoints/{{step}}', got {name!r}",
+            reason="MALFORMED_NAME",
+            violations=[FieldViolation(field, f"the step must be a number, got {step!r}")],
+        )
+    return job, int(step)
