@@ -35,6 +35,8 @@ LIMITS = {
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# A watch with nothing new checks at least this often whether its client is still there.
+WATCH_WAKE_SECONDS = 5.0
 
 
 def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparameters:
@@ -164,16 +166,18 @@ class Trainer:
     def watch(self, job_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[Event]:
         """Stored events after ``after``, then new ones as they come, until the job ends."""
         self.store.get(job_id)
+        generation = self.store.generation
         while is_active():
             events = self.store.events_after(job_id, after)
             yield from events
             if events:
                 after = events[-1].seq
-            if self.store.get(job_id).state in TERMINAL and not self.store.events_after(job_id, after):
+                continue
+            if self.store.get(job_id).state in TERMINAL:
                 return
-            if not events:
-                with self.store.changed:
-                    self.store.changed.wait(timeout=1.0)
+            # Nothing new: sleep until the store changes. A thousand watchers cost nothing while
+            # the job is quiet; the timeout only bounds how long a cancelled watch lingers.
+            generation = self.store.wait_for_change(generation, timeout=WATCH_WAKE_SECONDS)
 
     def artifact_files(self, job_id: str, path: str) -> list[tuple[str, Path]]:
         job = self.store.get(job_id)

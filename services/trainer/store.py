@@ -105,10 +105,20 @@ class JobStore:
         self.db = Database(db_path, SCHEMA)
         # Wakes WatchJob streams and the runner when something changes.
         self.changed = threading.Condition()
+        # Counts the changes this store has seen: a watcher reads the database again only
+        # when it has moved (``wait_for_change``), not on every wake-up.
+        self.generation = 0
 
     def _notify(self) -> None:
         with self.changed:
+            self.generation += 1
             self.changed.notify_all()
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        """Waits until ``generation`` is past ``seen``, at most ``timeout`` seconds; returns it."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.generation != seen, timeout=timeout)
+            return self.generation
 
     def create(
         self,

@@ -27,9 +27,14 @@ log = structlog.get_logger(__name__)
 
 ERROR_DOMAIN = "tunewright"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-MAX_WORKERS = 32
-# Equal to the thread count: a call beyond it is refused with RESOURCE_EXHAUSTED at once
-# instead of waiting behind long WatchJob or Generate streams.
+# Each call holds a server thread while it runs, a stream (WatchJob, Chat, ReadDataset ...)
+# for as long as it is open. Streams may hold at most MAX_STREAMS threads: one more is refused
+# with RESOURCE_EXHAUSTED by the interceptor, so UNARY_THREADS are always left for unary calls
+# and health checks, however many watchers a dashboard opens. A call beyond all the threads is
+# refused with RESOURCE_EXHAUSTED by gRPC itself, at once, instead of waiting in a queue.
+MAX_STREAMS = 1024
+UNARY_THREADS = 64
+MAX_WORKERS = MAX_STREAMS + UNARY_THREADS
 MAX_CONCURRENT_RPCS = MAX_WORKERS
 GRACE_SECONDS = 10.0
 
@@ -92,6 +97,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self.service = service
         self.metrics = metrics
         self.security = security or ServerSecurity()
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -136,6 +142,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def wrap_stream(behavior: Callable) -> Callable:
             def wrapped(request_or_iterator, context) -> Iterator:
                 request_id, started = start(context)
+                if not self.streams.acquire(blocking=False):
+                    message = (
+                        f"the {self.service} service holds {MAX_STREAMS} open streams, its limit; "
+                        "close some (or share one watch among your views) and retry"
+                    )
+                    finish("RESOURCE_EXHAUSTED", started, error=message)
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
                 try:
                     yield from behavior(request_or_iterator, context)
                 except GeneratorExit:  # the client went away mid-stream
@@ -143,6 +156,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     raise
                 except Exception as error:  # noqa: BLE001 - mapped to a status right here
                     fail(error, context, request_id, started)
+                finally:
+                    self.streams.release()
                 finish("OK", started)
 
             return wrapped
