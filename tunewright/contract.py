@@ -79,6 +79,8 @@ class Hyperparameters(_Frozen):
     checkpoint_every: int = 0
     # The latest checkpoints kept, besides the one with the lowest validation loss.
     keep_checkpoints: int = 2
+    # Processes that train the job together (torchrun, DDP); each takes a share of every batch.
+    processes: int = 1
 
 
 class JobSpec(_Frozen):

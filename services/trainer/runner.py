@@ -225,12 +225,23 @@ class JobRunner:
         checkpoint_before = self._checkpoint_step(job.id)
         read_fd, write_fd = os.pipe()
         env = self._worker_env()
+        worker = ["-m", "tunewright.trainer.worker", str(job_dir)]
+        processes = spec.hyperparameters.processes
         with open(job_dir / WORKER_LOG, "ab") as worker_log:
+            if processes == 1:
+                command = [sys.executable, *worker, "--events-fd", str(write_fd)]
+                pass_fds, stdout = (write_fd,), worker_log
+            else:
+                # torchrun starts the processes and closes every descriptor but the standard
+                # three: the first process writes its events to standard output.
+                launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+                command = [sys.executable, *launcher, *worker, "--events-fd", "1"]
+                pass_fds, stdout = (), write_fd
             process = subprocess.Popen(
-                [sys.executable, "-m", "tunewright.trainer.worker", str(job_dir), "--events-fd", str(write_fd)],
-                pass_fds=(write_fd,),
+                command,
+                pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
-                stdout=worker_log,
+                stdout=stdout,
                 stderr=worker_log,
                 env=env,
                 start_new_session=True,

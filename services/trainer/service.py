@@ -31,6 +31,7 @@ LIMITS = {
     "micro_batch_size": (0, 1024),
     "checkpoint_every": (0, 10_000_000),
     "keep_checkpoints": (1, 1000),
+    "processes": (1, 64),
 }
 
 
@@ -67,6 +68,14 @@ def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparam
             )
         )
     batch_size = values.get("batch_size", Hyperparameters().batch_size)
+    if values.get("processes", 1) > batch_size:
+        violations.append(
+            FieldViolation(
+                "hyperparameters.processes",
+                f"must be at most batch_size ({batch_size}), got {values['processes']}: each process trains a "
+                "share of every batch",
+            )
+        )
     if values.get("micro_batch_size", 0) > batch_size:
         violations.append(
             FieldViolation(

@@ -205,6 +205,23 @@ def build_checkpoint_artifact(job_dir: Path, step: int, events: Events) -> None:
     staging.rename(found.path / ARTIFACT)
 
 
+def join_process_group(events: Events) -> tuple[int, int]:
+    """(rank, number of processes): (0, 1) for a plain worker; under torchrun, this process
+    joins the job's process group (gloo on a CPU, NCCL on GPUs, one GPU a process)."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    rank = torch.distributed.get_rank()
+    events.log(f"training in {world} processes (torch.distributed, {backend}); this is process {rank}")
+    return rank, world
+
+
 def run(job_dir: Path, events: Events) -> None:
     spec = read_spec(job_dir)
     hp = spec.hyperparameters
@@ -217,6 +234,10 @@ def run(job_dir: Path, events: Events) -> None:
     from tunewright.trainer import checkpoints, training
 
     training.keep_freed_memory()
+    rank, world = join_process_group(events)
+    # Under torchrun only the first process reports, evaluates, checkpoints and publishes;
+    # the others train their share of every batch.
+    lead = rank == 0
     torch.manual_seed(hp.seed)
     events.log(f"reading {spec.dataset} from the data service")
     splits = fetch_splits(spec.data_service, spec.dataset)
@@ -251,7 +272,7 @@ def run(job_dir: Path, events: Events) -> None:
     references = [prompt_and_reference(c)[1] for c in test]
     if hp.evaluate and not test:
         events.log("the dataset has no test split, so there is no evaluation")
-    if evaluate:
+    if evaluate and lead:
         base_answers, base_score = evaluate_base(
             job_dir, events, model, tokenizer, test, tokenized["test"], references, hp, layout
         )
@@ -277,6 +298,8 @@ def run(job_dir: Path, events: Events) -> None:
         events.log(f"accumulating gradients over {passes} passes of at most {hp.micro_batch_size} examples a step")
 
     def on_validation(step: int, epoch: float) -> None:
+        if not lead:
+            return
         loss = training.mean_loss(model, tokenized["validation"], tokenizer.pad_token_id, layout=layout)
         last["validation_loss"] = loss
         events.emit(Validation(step=step, epoch=epoch, loss=loss))
@@ -299,7 +322,7 @@ def run(job_dir: Path, events: Events) -> None:
     policy = checkpoints.Policy(hp.checkpoint_every)
 
     def after_step(run: training.TrainingRun, epoch_ended: bool) -> None:
-        if not policy.due(run.position.step, epoch_ended):
+        if not lead or not policy.due(run.position.step, epoch_ended):
             return
         started = time.monotonic()
         trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -312,6 +335,10 @@ def run(job_dir: Path, events: Events) -> None:
     training_started = time.monotonic()
     run.run(on_progress, on_validation if tokenized["validation"] else None, after_step)
     events.log(f"trained in {time.monotonic() - training_started:.1f} s, validation included")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+        if not lead:
+            return
 
     staging = job_dir / f".{ARTIFACT}.tmp"
     probe_conversation = (test or splits["validation"] or splits["train"])[0]
@@ -335,6 +362,23 @@ def run(job_dir: Path, events: Events) -> None:
     events.emit(Done())
 
 
+def events_fd(given: int | None) -> int:
+    """Where this process writes its events. Under torchrun (which closes every other
+    descriptor) the runner reads them from standard output, "--events-fd 1": the first
+    process keeps that for its events and sends what libraries print to stderr instead;
+    the other processes report nothing. Without --events-fd, events go to stderr."""
+    if given is None:
+        return os.dup(sys.stderr.fileno())
+    if given != 1:
+        return given
+    events = os.dup(1)
+    os.dup2(2, 1)
+    if os.environ.get("RANK", "0") != "0":
+        os.close(events)
+        return os.open(os.devnull, os.O_WRONLY)
+    return events
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tunewright.trainer.worker")
     parser.add_argument("job_dir", type=Path)
@@ -350,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(torch_threads))
-    events = Events(args.events_fd if args.events_fd is not None else os.dup(sys.stderr.fileno()))
+    events = Events(events_fd(args.events_fd))
     try:
         if args.checkpoint_artifact is not None:
             build_checkpoint_artifact(args.job_dir, args.checkpoint_artifact, events)

@@ -68,6 +68,9 @@ def create(
     keep_checkpoints: Annotated[
         int | None, typer.Option(help="latest checkpoints kept, besides the best by validation loss")
     ] = None,
+    processes: Annotated[
+        int | None, typer.Option(help="processes that train together (torchrun, DDP), each a share of every batch")
+    ] = None,
     seed: int | None = None,
     evaluate: Annotated[
         bool | None, typer.Option("--evaluate/--no-evaluate", help="compare base and tuned on the test split")
@@ -94,6 +97,7 @@ def create(
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
+        processes=processes,
         seed=seed,
         evaluate=evaluate,
     )
