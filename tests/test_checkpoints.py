@@ -7,6 +7,8 @@ import json
 import os
 import random
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
@@ -148,8 +150,9 @@ def test_the_policy_writes_every_n_steps_and_at_epoch_ends_or_keeps_under_5_perc
 
 
 def test_a_job_killed_ten_times_resumes_each_time_and_ends_with_the_uninterrupted_weights(services, tiny_model):
-    """The worker is SIGKILLed at random steps, checkpoints or not, 10 times; each run goes
-    on from the last complete checkpoint, and the result is bit for bit the job run whole."""
+    """The worker is SIGKILLed at random steps, 10 times, some of them in the middle of a
+    checkpoint's write; each run goes on from the last complete checkpoint, and the result is
+    bit for bit the job run whole."""
     from safetensors.torch import load_file
 
     client = services.client
@@ -162,21 +165,37 @@ def test_a_job_killed_ten_times_resumes_each_time_and_ends_with_the_uninterrupte
 
     job = client.create_job(dataset.name, **settings)
     job_dir = services.root / "trainer" / "jobs" / job.name.split("/")[1]
+    folder = job_dir / checkpoints.CHECKPOINTS
+
+    def kill_worker(step: int, mid_write: bool) -> bool:
+        """SIGKILLs the worker, once its checkpoint of ``step`` is being written when
+        ``mid_write``; returns whether that write was left torn."""
+        pid = int((job_dir / WORKER_PID).read_text())
+        staging = folder / f".{checkpoints.folder_name(step)}.tmp"
+        deadline = time.monotonic() + 5
+        while mid_write and not staging.exists() and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        os.kill(pid, signal.SIGKILL)
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline + 5:
+            time.sleep(0.01)
+        return mid_write and not (folder / checkpoints.folder_name(step)).exists()
+
     chooser = random.Random(8)
-    kills, resumed_at, events = [], [], []
+    kills, resumed_at, torn = [], [], 0
     kill_at = chooser.randint(3, 4)
     for event in client.watch_job(job.name):
-        events.append(event)
         if event.log and event.log.startswith("resumed from the checkpoint at step "):
             resumed_at.append(int(event.log.split()[6]))
-            kill_at = resumed_at[-1] + chooser.randint(3, 4)
+            # Every third kill aims at a checkpoint's write (even steps here), the others anywhere.
+            kill_at = resumed_at[-1] + (4 if len(kills) % 3 == 2 else chooser.randint(3, 4))
         if event.progress and event.progress.step == kill_at and len(kills) < 10:
-            os.kill(int((job_dir / WORKER_PID).read_text()), signal.SIGKILL)
-            kills.append(event.progress.step)
+            torn += kill_worker(kill_at, mid_write=kill_at % 2 == 0 and len(kills) % 3 == 2)
+            kills.append(kill_at)
             kill_at = -1
     final = client.get_job(job.name)
     assert final.state == "succeeded", final.error
     assert len(kills) == 10 and len(resumed_at) == 10
+    assert torn >= 1, "no kill landed inside a checkpoint's write"
     # No kill lost more than one checkpoint interval.
     assert all(killed - resumed <= 2 for killed, resumed in zip(kills, resumed_at, strict=True))
     total = final.progress.total_steps
