@@ -162,41 +162,78 @@ def test_a_killed_service_is_back_within_10_s_and_the_others_keep_serving(up, se
     assert f"{service} exited with code -9; restarting in 0 s" in (state / "up.log").read_text()
 
 
-def test_a_job_survives_five_kills_of_its_trainer_and_ends_with_the_uninterrupted_weights(up, tiny_model):
-    """SIGKILL to the trainer under `tunewright up`, five times while a job trains, each at a
-    step that writes a checkpoint: `up` restarts it, the new trainer ends the orphaned
-    worker, and the job resumes from its last complete checkpoint. The result is bit for bit
-    the job run whole."""
+def test_a_job_survives_ten_worker_kills_and_five_trainer_kills_and_ends_with_the_uninterrupted_weights(up, tiny_model):
+    """The fault test. Under `tunewright up`, a job that checkpoints every 2 steps has its
+    worker SIGKILLed 10 times and its trainer 5 times, at random steps; some worker kills
+    land inside a checkpoint's write. `up` restarts the trainer, which ends the orphaned
+    worker; each new worker resumes from the last complete checkpoint. The job succeeds, no
+    kill loses more than one checkpoint interval, and the result is bit for bit the job run
+    whole."""
     import random
 
     from safetensors.torch import load_file
 
     from conftest import ticket_lines
     from tunewright.client import Client
+    from tunewright.trainer import checkpoints
+    from tunewright.trainer.runner import WORKER_PID
 
     process, stack, state = up
     client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
     upload = client.upload_bytes("k.jsonl", ("\n".join(ticket_lines(40)) + "\n").encode())
     dataset = client.create_dataset(upload.name)
-    settings = dict(base_model=str(tiny_model), epochs=6, batch_size=8, evaluate=False, checkpoint_every=2)
+    settings = dict(base_model=str(tiny_model), epochs=12, batch_size=8, evaluate=False, checkpoint_every=2)
     whole = client.create_job(dataset.name, **settings)
     list(client.watch_job(whole.name))
     job = client.create_job(dataset.name, **settings)
+    job_dir = state / "trainer" / "jobs" / job.name.split("/")[1]
+    folder = job_dir / checkpoints.CHECKPOINTS
+
+    def kill_worker(step: int, mid_write: bool) -> bool | None:
+        """SIGKILLs the worker, once its checkpoint of ``step`` is being written when
+        ``mid_write``; returns whether that write was left torn, or None when the worker
+        named in worker.pid had already gone (the watch lags the job a little)."""
+        pid = int((job_dir / WORKER_PID).read_text())
+        staging = folder / f".{checkpoints.folder_name(step)}.tmp"
+        deadline = time.monotonic() + 5
+        while mid_write and not staging.exists() and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        while psutil.pid_exists(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.01)
+        return mid_write and not (folder / checkpoints.folder_name(step)).exists()
+
+    def kill_trainer() -> None:
+        next(c for c in psutil.Process(process.pid).children() if "tunewright.trainer" in c.cmdline()).kill()
+
+    # Kill k hits the trainer when k % 3 == 2; kills 1, 7 and 13 aim at a checkpoint's write.
     chooser = random.Random(5)
-    kills, resumed_at, kill_at = [], [], 2 * chooser.randint(1, 2)
+    kills, resumed_at, torn, kill_at = [], [], 0, chooser.randint(3, 4)
     for event in client.watch_job(job.name, reconnect_for=120):
         if event.log and event.log.startswith("resumed from the checkpoint at step "):
             resumed_at.append(int(event.log.split()[6]))
-            kill_at = resumed_at[-1] + 2 * chooser.randint(1, 2)
-        if event.progress and event.progress.step == kill_at and len(kills) < 5:
-            trainer = next(c for c in psutil.Process(process.pid).children() if "tunewright.trainer" in c.cmdline())
-            trainer.kill()
+            aim = len(kills) % 6 == 1  # checkpoints are at even steps, and so is every resume
+            kill_at = resumed_at[-1] + (4 if aim else chooser.randint(3, 4))
+        if event.progress and event.progress.step == kill_at and len(kills) < 15:
+            if len(kills) % 3 == 2:
+                kill_trainer()
+            else:
+                outcome = kill_worker(kill_at, mid_write=len(kills) % 6 == 1)
+                if outcome is None:
+                    kill_at += 1  # try again at the next step
+                    continue
+                torn += outcome
             kills.append(kill_at)
             kill_at = -1
     final = client.get_job(job.name)
     client.close()
     assert final.state == "succeeded", final.error
-    assert len(kills) == 5 and len(resumed_at) == 5
+    assert len(kills) == 15 and len(resumed_at) == 15
+    assert torn >= 1, "no kill landed inside a checkpoint's write"
+    # No kill lost more than one checkpoint interval.
     assert all(killed - resumed <= 2 for killed, resumed in zip(kills, resumed_at, strict=True))
     assert (state / "up.log").read_text().count("trainer exited with code -9") >= 5
 
