@@ -15,7 +15,6 @@ write leaves only the hidden folder, which is ignored and later removed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewright.core import timeutil
+from tunewright.core.files import fsync_path
 
 CHECKPOINTS = "checkpoints"
 TRAINED = "trained.safetensors"
@@ -78,14 +78,6 @@ def folder_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(
     folder: Path, run: Any, trained: dict[str, Any], loss: float, validation_loss: float | None = None
 ) -> Checkpoint:
@@ -111,11 +103,11 @@ def save(
     }
     (staging / INFO).write_text(json.dumps(info))
     for path in (staging / TRAINED, staging / RUN_STATE, staging / INFO, staging):
-        _fsync(path)
+        fsync_path(path)
     if final.exists():  # the same step, written again by a run resumed from before it
         shutil.rmtree(final)
     staging.rename(final)
-    _fsync(folder)
+    fsync_path(folder)
     return _read(final)
 
 
