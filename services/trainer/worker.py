@@ -308,32 +308,34 @@ def run(job_dir: Path, events: Events) -> None:
     dtype, why = training.autocast_dtype(hp.precision, runtime)
     events.log(why)
     events.log(layout_why)
-    run = training.TrainingRun(model, train_examples, hp, tokenizer.pad_token_id, autocast=dtype, layout=layout)
+    training_run = training.TrainingRun(
+        model, train_examples, hp, tokenizer.pad_token_id, autocast=dtype, layout=layout
+    )
     folder = job_dir / checkpoints.CHECKPOINTS
     resume_from = checkpoints.latest(folder)
     if resume_from is not None:
         try:
-            checkpoints.load(resume_from, run, model)
+            checkpoints.load(resume_from, training_run, model)
         except ValueError as error:
             raise JobFailure("CHECKPOINT_MISMATCH", f"cannot resume: {error}") from error
         events.log(
-            f"resumed from the checkpoint at step {resume_from.step} of {run.steps} (epoch {resume_from.epoch:.2f})"
+            f"resumed from the checkpoint at step {resume_from.step} of {training_run.steps} (epoch {resume_from.epoch:.2f})"
         )
     policy = checkpoints.Policy(hp.checkpoint_every)
 
-    def after_step(run: training.TrainingRun, epoch_ended: bool) -> None:
-        if not lead or not policy.due(run.position.step, epoch_ended):
+    def after_step(current: training.TrainingRun, epoch_ended: bool) -> None:
+        if not lead or not policy.due(current.position.step, epoch_ended):
             return
         started = time.monotonic()
         trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        checkpoints.save(folder, run, trained, last["loss"], last["validation_loss"] if epoch_ended else None)
+        checkpoints.save(folder, current, trained, last["loss"], last["validation_loss"] if epoch_ended else None)
         checkpoints.prune(folder, hp.keep_checkpoints)
         seconds = time.monotonic() - started
         policy.written(seconds)
-        events.log(f"checkpoint at step {run.position.step} written in {seconds:.2f} s")
+        events.log(f"checkpoint at step {current.position.step} written in {seconds:.2f} s")
 
     training_started = time.monotonic()
-    run.run(on_progress, on_validation if tokenized["validation"] else None, after_step)
+    training_run.run(on_progress, on_validation if tokenized["validation"] else None, after_step)
     events.log(f"trained in {time.monotonic() - training_started:.1f} s, validation included")
     if world > 1:
         torch.distributed.destroy_process_group()
