@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import psutil
@@ -182,25 +183,30 @@ def test_a_job_survives_ten_worker_kills_and_five_trainer_kills_and_ends_with_th
     client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
     upload = client.upload_bytes("k.jsonl", ("\n".join(ticket_lines(40)) + "\n").encode())
     dataset = client.create_dataset(upload.name)
-    # 80 steps: each kill costs the job 2 to 4 steps of progress, so all 15 fit well before the end.
-    settings = dict(base_model=str(tiny_model), epochs=20, batch_size=8, evaluate=False, checkpoint_every=2)
+    # 80 steps: each kill costs the job 2 to 4 steps of progress, so all 15 fit well before the
+    # end. One example a pass makes a step slow enough (8 passes) that the watch, which decides
+    # when to kill, never falls far behind the worker.
+    settings = dict(
+        base_model=str(tiny_model), epochs=20, batch_size=8, micro_batch_size=1, evaluate=False, checkpoint_every=2
+    )
     whole = client.create_job(dataset.name, **settings)
     list(client.watch_job(whole.name))
     job = client.create_job(dataset.name, **settings)
     job_dir = state / "trainer" / "jobs" / job.name.split("/")[1]
     folder = job_dir / checkpoints.CHECKPOINTS
 
-    def kill_worker(step: int, mid_write: bool) -> bool | None:
-        """SIGKILLs the worker, once its checkpoint of ``step`` is being written when
-        ``mid_write``; returns whether that write was left torn, or None when the worker
-        had already gone (the watch lags the job a little)."""
+    def kill_worker(mid_write: bool) -> bool | None:
+        """SIGKILLs the worker, once it is writing a checkpoint when ``mid_write``; returns
+        whether that write was left torn, or None when the worker had already gone (the
+        watch lags the job a little)."""
         try:
             pid = int((job_dir / WORKER_PID).read_text())
         except FileNotFoundError:
             return None
-        staging = folder / f".{checkpoints.folder_name(step)}.tmp"
-        deadline = time.monotonic() + 5
-        while mid_write and not staging.exists() and time.monotonic() < deadline:
+        staging: list[Path] = []
+        deadline = time.monotonic() + 10
+        while mid_write and not staging and time.monotonic() < deadline:
+            staging = list(folder.glob(".step-*.tmp"))
             time.sleep(0.0001)
         try:
             os.kill(pid, signal.SIGKILL)
@@ -208,7 +214,7 @@ def test_a_job_survives_ten_worker_kills_and_five_trainer_kills_and_ends_with_th
             return None
         while psutil.pid_exists(pid) and time.monotonic() < deadline + 5:
             time.sleep(0.01)
-        return mid_write and not (folder / checkpoints.folder_name(step)).exists()
+        return bool(staging) and not (folder / staging[0].name[1:].removesuffix(".tmp")).exists()
 
     def kill_trainer() -> None:
         next(c for c in psutil.Process(process.pid).children() if "tunewright.trainer" in c.cmdline()).kill()
@@ -225,7 +231,7 @@ def test_a_job_survives_ten_worker_kills_and_five_trainer_kills_and_ends_with_th
             if len(kills) % 3 == 2:
                 kill_trainer()
             else:
-                outcome = kill_worker(kill_at, mid_write=len(kills) % 6 == 1)
+                outcome = kill_worker(mid_write=len(kills) % 6 == 1)
                 if outcome is None:
                     kill_at += 1  # try again at the next step
                     continue
