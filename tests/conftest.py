@@ -206,6 +206,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _shared_model_cache(tmp_path_factory):
+    # Every service the tests start (here or as subprocesses) converts the built-in model
+    # (or its tokenizer, which the data service counts tokens with) once, into one cache.
+    os.environ.setdefault("TUNEWRIGHT_MODEL_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _quiet_threads():
     # Two cores: keep torch in the test process from fighting the worker subprocesses.
     os.environ.setdefault("TUNEWRIGHT_TORCH_THREADS", "2")

@@ -113,6 +113,11 @@ def test_node_client_runs_the_whole_flow(up, tiny_model):
     assert lines[-1] == "node client flow: OK"
     assert any("succeeded" in line for line in lines)
     assert any(line.startswith("exported models/") for line in lines)
+    # Statistics and the cleaning report, read over gRPC from Node.
+    train = next(line for line in lines if line.startswith("  stats train: "))
+    assert int(train.split()[2]) > 0 and "carry loss" in train
+    assert any(line.startswith("  cleaning: read ") for line in lines)
+    assert any(line.startswith("  report: ") and line.endswith("change(s) in all") for line in lines)
 
 
 def test_logs_are_json_lines_bound_with_service_rpc_request_and_job(up):

@@ -123,6 +123,10 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
     )
     assert manifest["method"] == "lora" and manifest["method_parameters"]["r"] == 4
     assert manifest["probe"] == {"file": "probe.safetensors", "compute_dtype": "float32", "tolerance": 1e-4}
+    # Provenance: the dataset's record, down to its source file's sha256 and its cleaning.
+    record = services.client.get_dataset(dataset)
+    assert manifest["dataset"]["name"] == dataset and manifest["dataset"]["source_sha256"] == record.source_sha256
+    assert manifest["dataset"]["format_name"] == "chat" and manifest["dataset"]["cleaning"]["scrub_pii"] is True
 
 
 def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model, dataset):

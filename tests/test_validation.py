@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from tunewright.core.errors import InvalidArgument
-from tunewright.data.validation import parse_chat_jsonl
+from tunewright.data.pipeline import Source, examples
+from tunewright.plugin_manager import load_data_formats
+
+FORMATS = load_data_formats()
+
+
+def parse_chat_jsonl(lines: list[bytes]) -> list:
+    """The conversations of a chat JSONL file of these lines, as the data service reads it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "data.jsonl"
+        path.write_bytes(b"\n".join(lines))
+        _, _, stream = examples(Source(path, path.name, "chat"), FORMATS)
+        return [example["messages"] for _, example in stream]
 
 
 def good(i: int) -> bytes:

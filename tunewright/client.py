@@ -37,7 +37,7 @@ from tunewright.core.basemodel import DEFAULT_BASE_MODEL
 from tunewright.core.security import open_channel
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
-from tunewright.records import Answer, Checkpoint, Dataset, File, Job, JobEvent, Method, Model, Piece
+from tunewright.records import Answer, Checkpoint, CleaningAction, Dataset, File, Job, JobEvent, Method, Model, Piece
 from tunewright.serve.v1 import serve_service_pb2 as serve_pb
 from tunewright.serve.v1 import serve_service_pb2_grpc as serve_grpc
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
@@ -206,8 +206,21 @@ class Client:
         test_fraction: float | None = None,
         split_seed: int = 0,
         request_id: str = "",
+        format_name: str = "",
+        column_mapping: dict[str, str] | None = None,
+        cleaning: dict[str, Any] | None = None,
+        tokenizer_model: str = "",
     ) -> Dataset:
-        """Validates an uploaded file and splits it into train, validation and test."""
+        """Validates an uploaded file, cleans it and splits it into train, validation and test.
+
+        ``format_name`` is "chat", "prompt_completion", "alpaca", "sharegpt", "text" or a
+        plugin's (detected when empty); ``column_mapping`` maps a format's fields to the
+        file's columns; ``cleaning`` holds CleaningOptions fields by name, such as
+        ``{"near_duplicates": "remove", "scrub_pii": False}``; ``tokenizer_model`` counts the
+        tokens (the built-in default model when empty)."""
+        options = dict(cleaning or {})
+        if "near_duplicates" in options:
+            options["near_duplicates"] = f"NEAR_DUPLICATES_{str(options['near_duplicates']).upper()}"
         request = data_pb.CreateDatasetRequest(
             request_id=request_id or uuid.uuid4().hex,
             file=full_name("files", file),
@@ -215,12 +228,29 @@ class Client:
             validation_fraction=validation_fraction,
             test_fraction=test_fraction,
             split_seed=split_seed,
+            format_name=format_name,
+            column_mapping=column_mapping or {},
+            cleaning=data_pb.CleaningOptions(**options),
+            tokenizer_model=tokenizer_model,
         )
-        return Dataset.from_pb(self._call("data", self.data.CreateDataset, request, timeout=300).dataset)
+        return Dataset.from_pb(self._call("data", self.data.CreateDataset, request, timeout=3600).dataset)
 
-    def upload_dataset(self, path: str | Path, display_name: str = "", **split: Any) -> Dataset:
-        """``upload`` and ``create_dataset`` in one; ``split`` takes create_dataset's fractions and seed."""
-        return self.create_dataset(self.upload(path).name, display_name or Path(path).name, **split)
+    def upload_dataset(self, path: str | Path, display_name: str = "", **options: Any) -> Dataset:
+        """``upload`` and ``create_dataset`` in one; ``options`` are create_dataset's."""
+        return self.create_dataset(self.upload(path).name, display_name or Path(path).name, **options)
+
+    def dataset_report(self, name: str) -> list[CleaningAction]:
+        """Every change cleaning made to the dataset's source, in the order of its lines."""
+        actions, token = [], ""
+        while True:
+            request = data_pb.GetDatasetReportRequest(
+                name=full_name("datasets", name), page_size=1000, page_token=token
+            )
+            page = self._call("data", self.data.GetDatasetReport, request)
+            actions += [CleaningAction.from_pb(a) for a in page.actions]
+            token = page.next_page_token
+            if not token:
+                return actions
 
     def get_dataset(self, name: str) -> Dataset:
         request = data_pb.GetDatasetRequest(name=full_name("datasets", name))
@@ -232,13 +262,14 @@ class Client:
             for d in self._pages("data", self.data.ListDatasets, data_pb.ListDatasetsRequest, "datasets")
         ]
 
-    def read_dataset(self, name: str, split: str) -> list[Chat]:
-        """The conversations of one split ("train", "validation" or "test"), in order."""
+    def read_dataset(self, name: str, split: str) -> list[Chat | str]:
+        """The examples of one split ("train", "validation" or "test"), in order: each a
+        conversation, or a string for a text dataset's examples."""
         request = data_pb.ReadDatasetRequest(
             name=full_name("datasets", name), split=data_pb.Split.Value(f"SPLIT_{split.upper()}")
         )
         return [
-            [{"role": m.role, "content": m.content} for m in r.example.messages]
+            r.example.text or [{"role": m.role, "content": m.content} for m in r.example.messages]
             for r in self._stream("data", self.data.ReadDataset, request, timeout=300)
         ]
 

@@ -120,6 +120,10 @@ class Manifest(_Frozen):
     # Folder inside the artifact that holds what the method saved.
     trained: str
     probe: Probe | None = None
+    # The data service's record of the dataset the job trained on (GetDataset's Dataset,
+    # JSON-mapped): its source file's sha256, format, cleaning options, split seed and
+    # statistics, so that a model can be traced back to its data.
+    dataset: dict[str, Any] | None = None
 
 
 # Worker events, tagged by "kind" on the wire.

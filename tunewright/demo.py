@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from tunewright.cli.datasets import cleaning_summary
 from tunewright.client import Client, ServiceError
 from tunewright.core.chat import prompt_and_reference
 from tunewright.records import JobError, JobState, Model
@@ -108,13 +109,21 @@ def _interrupt(signum, frame) -> None:
 
 def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: float) -> int:
     file = client.upload(dataset_path)
-    dataset = client.create_dataset(file.name, display_name="support tickets")
+    dataset = client.create_dataset(file.name, display_name="support tickets", tokenizer_model=args.base_model)
     counts = dataset.split_counts
     print(
         f"dataset {dataset.name}: {dataset.example_count} examples "
         f"(train {counts.train}, validation {counts.validation}, test {counts.test})",
         flush=True,
     )
+    for split in ("train", "validation", "test"):
+        s = dataset.stats[split]
+        print(
+            f"  {split}: {s['examples']} examples, {s['tokens']} tokens ({s['loss_tokens'] / max(1, s['tokens']):.0%} "
+            f"carry loss), {s['min_tokens']}-{s['max_tokens']} tokens each, {s['overlength']} too long",
+            flush=True,
+        )
+    print(f"  cleaning: {cleaning_summary(dataset.stats['cleaning'])}", flush=True)
 
     job = client.create_job(
         dataset.name,

@@ -18,6 +18,7 @@ import pluggy
 from tunewright import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from tunewright.dataformats import DataFormatRegistry
     from tunewright.exporters import ExporterRegistry
     from tunewright.methods import Method
 
@@ -43,4 +44,14 @@ def tunewright_register_exporters(registry: ExporterRegistry) -> None:
     an options dataclass ``config_class``, ``check`` and ``write``);
     ``registry.add_target(target)`` adds a place an export can be pushed to and answered
     through (``tunewright.exporters.PushTarget``).
+    """
+
+
+@hookspec
+def tunewright_register_data_formats(registry: DataFormatRegistry) -> None:
+    """Register the data formats and file readers the data service reads on ``registry``.
+
+    ``registry.add_format(data_format)`` adds a record layout (``tunewright.dataformats.DataFormat``:
+    ``name``, ``description``, ``fields``, ``detect`` and ``parse`` into the one example shape);
+    ``registry.add_reader(reader)`` adds a file type (``tunewright.dataformats.Reader``).
     """

@@ -1,4 +1,4 @@
-"""The plugin manager: built-in methods and exporters, third-party entry points, and
+"""The plugin manager: built-in methods, exporters and data formats, third-party entry points, and
 blocking by name."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import pluggy
 
 from tunewright import PROJECT_NAME, hookspecs
 from tunewright.core.errors import FieldViolation, InvalidArgument
+from tunewright.dataformats import DataFormatRegistry
 from tunewright.exporters import ExporterRegistry
 from tunewright.methods import Method
 
-# Built-in methods and exporters are ordinary plugins, loaded before third-party ones.
+# Built-in methods, exporters and data formats are ordinary plugins, loaded before third-party ones.
 DEFAULT_PLUGINS = (
     "tunewright.plugins.lora",
     "tunewright.plugins.qlora",
@@ -23,6 +24,7 @@ DEFAULT_PLUGINS = (
     "tunewright.plugins.safetensors",
     "tunewright.plugins.gguf",
     "tunewright.plugins.ollama",
+    "tunewright.plugins.formats",
 )
 
 # Comma-separated plugin names (module names, or entry-point names) not to load.
@@ -69,6 +71,16 @@ def collect_exporters(pm: pluggy.PluginManager) -> ExporterRegistry:
 
 def load_exporters() -> ExporterRegistry:
     return collect_exporters(plugin_manager())
+
+
+def collect_data_formats(pm: pluggy.PluginManager) -> DataFormatRegistry:
+    registry = DataFormatRegistry()
+    pm.hook.tunewright_register_data_formats(registry=registry)
+    return registry
+
+
+def load_data_formats() -> DataFormatRegistry:
+    return collect_data_formats(plugin_manager())
 
 
 def get_method(methods: dict[str, Method], name: str, field: str = "method") -> Method:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tunewright.data.v1 import data_service_pb2 as data_pb
@@ -75,6 +76,14 @@ class Dataset:
     test_fraction: float
     split_seed: int
     create_time: datetime | None
+    # How the file was read: "jsonl", "txt", "csv", "parquet" or a plugin's reader.
+    reader: str = ""
+    source_sha256: str = ""
+    column_mapping: dict[str, str] = dataclasses.field(default_factory=dict)
+    # CleaningOptions and DatasetStats of the API, as dicts with its field names.
+    cleaning: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tokenizer_model: str = ""
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_pb(cls, m: data_pb.Dataset) -> Dataset:
@@ -83,14 +92,64 @@ class Dataset:
             name=m.name,
             display_name=m.display_name,
             file=m.file,
-            format=data_pb.DatasetFormat.Name(m.format).removeprefix("DATASET_FORMAT_").lower(),
+            format=m.format_name or data_pb.DatasetFormat.Name(m.format).removeprefix("DATASET_FORMAT_").lower(),
             example_count=m.example_count,
             split_counts=SplitCounts(c.train, c.validation, c.test),
             validation_fraction=m.validation_fraction,
             test_fraction=m.test_fraction,
             split_seed=m.split_seed,
             create_time=_time(m.create_time),
+            reader=m.reader,
+            source_sha256=m.source_sha256,
+            column_mapping=dict(m.column_mapping),
+            cleaning=_cleaning(m.cleaning) if m.HasField("cleaning") else {},
+            tokenizer_model=m.tokenizer_model,
+            stats=_stats(m.stats) if m.HasField("stats") else {},
         )
+
+
+@dataclass(frozen=True)
+class CleaningAction:
+    # The source's line (or row), from 1.
+    line: int
+    # "exact_duplicate_removed", "near_duplicate_removed", "pii_replaced", "overlength_removed",
+    # "overlength" or "leaked_test_example".
+    kind: str
+    duplicate_of_line: int = 0
+    pii_replacements: dict[str, int] = dataclasses.field(default_factory=dict)
+    tokens: int = 0
+
+    @classmethod
+    def from_pb(cls, m: data_pb.CleaningAction) -> CleaningAction:
+        return cls(
+            line=m.line,
+            kind=data_pb.CleaningAction.Kind.Name(m.kind).removeprefix("KIND_").lower(),
+            duplicate_of_line=m.duplicate_of_line,
+            pii_replacements=dict(m.pii_replacements),
+            tokens=m.tokens,
+        )
+
+
+def _dict(message: Any) -> dict[str, Any]:
+    """A message as a dict with the API's field names, unset numbers and flags included."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _cleaning(m: data_pb.CleaningOptions) -> dict[str, Any]:
+    found = _dict(m)
+    found["near_duplicates"] = data_pb.NearDuplicates.Name(m.near_duplicates).removeprefix("NEAR_DUPLICATES_").lower()
+    return found
+
+
+def _stats(m: data_pb.DatasetStats) -> dict[str, Any]:
+    found = _dict(m)
+    for split in ("train", "validation", "test"):
+        # JSON mapping writes 64-bit integers as strings.
+        for key in ("turns", "tokens", "loss_tokens"):
+            found[split][key] = int(found[split][key])
+    return found
 
 
 # ---- trainer service

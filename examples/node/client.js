@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // tunewright Node.js example client.
 //
-// Runs the whole flow against running services: upload a JSONL file, make a dataset,
-// train a short LoRA job, export the model and generate with it.
+// Runs the whole flow against running services: upload a JSONL file, make a dataset and
+// print its statistics and cleaning report, train a short LoRA job, export the model and
+// generate with it.
 //
 // How to run:
 //   1. In the repository root: `make up` (starts the data, trainer and serve services).
@@ -132,6 +133,40 @@ function uploadFile(filePath) {
   });
 }
 
+// Per-split statistics and the cleaning counts of a dataset (Dataset.stats).
+function printStats(stats) {
+  for (const split of ['train', 'validation', 'test']) {
+    const s = stats[split];
+    const share = Number(s.tokens) ? (100 * Number(s.loss_tokens)) / Number(s.tokens) : 0;
+    const histogram = s.length_histogram.map((b) => `≤${b.max_tokens}: ${b.examples}`).join(', ');
+    console.log(`  stats ${split}: ${s.examples} examples, ${s.turns} turns, ${s.tokens} tokens ` +
+      `(${share.toFixed(1)}% carry loss), ${s.min_tokens}-${s.max_tokens} tokens each [${histogram}]`);
+  }
+  const c = stats.cleaning;
+  const pii = Object.entries(c.pii_replacements || {}).map(([kind, n]) => `${kind} ${n}`).join(', ') || 'none';
+  console.log(`  cleaning: read ${c.read}, exact duplicates removed ${c.exact_duplicates_removed}, ` +
+    `near duplicates removed ${c.near_duplicates_removed}, in near-duplicate groups ${c.near_duplicate_examples}, ` +
+    `PII replaced in ${c.pii_examples} examples (${pii}), leaked test examples ${c.leaked_test_examples}`);
+}
+
+// The cleaning report: every line of the source that cleaning changed, page by page.
+async function printReport(name) {
+  let pageToken = '';
+  let shown = 0;
+  do {
+    const page = await unary(data, 'GetDatasetReport', { name, page_size: 100, page_token: pageToken });
+    for (const action of page.actions) {
+      if (shown < 5) {
+        const of = Number(action.duplicate_of_line) ? ` (duplicate of line ${action.duplicate_of_line})` : '';
+        console.log(`  report: line ${action.line} ${action.kind}${of}`);
+      }
+      shown += 1;
+    }
+    pageToken = page.next_page_token;
+  } while (pageToken);
+  console.log(`  report: ${shown} change(s) in all`);
+}
+
 async function main() {
   console.log(`data ${config.dataAddr}, trainer ${config.trainerAddr}, serve ${config.serveAddr}`);
 
@@ -142,9 +177,17 @@ async function main() {
     request_id: crypto.randomUUID(),
     file: file.name,
     display_name: 'node-example',
-  }, 2 * MINUTE);
+    // Count tokens with the tokenizer of the model this example trains. The cleaning
+    // options left out take their defaults: exact duplicates dropped, PII replaced,
+    // near duplicates kept in one split.
+    tokenizer_model: config.baseModel,
+    cleaning: { near_duplicates: 'NEAR_DUPLICATES_GROUP' },
+  }, 10 * MINUTE);
   const counts = dataset.split_counts || {};
   console.log(`dataset ${dataset.name}: train ${counts.train}, validation ${counts.validation}, test ${counts.test}`);
+  console.log(`  format ${dataset.format_name} (read as ${dataset.reader}), source sha256 ${dataset.source_sha256.slice(0, 12)}…`);
+  printStats(dataset.stats);
+  await printReport(dataset.name);
 
   const { methods } = await unary(trainer, 'ListMethods', {});
   const methodNames = methods.map((m) => m.name);

@@ -8,27 +8,34 @@ record is committed, so a crash can leave an orphaned folder but never a record 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
+from tunewright.core.basemodel import DEFAULT_BASE_MODEL, model_cache, resolve_tokenizer
 from tunewright.core.db import Database
 from tunewright.core.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
-from tunewright.core.files import write_lines_atomic
+from tunewright.core.files import fsync_path
 from tunewright.core.ids import new_id
 from tunewright.core.paging import next_token, page_bounds
 from tunewright.core.timeutil import now
-from tunewright.data.split import SPLITS, SplitPlan, split_examples
-from tunewright.data.validation import parse_chat_jsonl
+from tunewright.data.cleaning import CleaningOptions
+from tunewright.data.pipeline import Source, prepare
+from tunewright.data.split import SplitPlan
+from tunewright.data.tokens import TokenCounter
+from tunewright.dataformats import Example
+from tunewright.plugin_manager import load_data_formats
 
 MAX_FILE_BYTES = 2 * 1024**3
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-CHAT_FORMAT = "chat"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -56,6 +63,10 @@ CREATE TABLE IF NOT EXISTS datasets (
     seq INTEGER NOT NULL
 );
 """
+MIGRATIONS = (
+    # Provenance, cleaning options and statistics, as one JSON object (Dataset fields 11-17).
+    "ALTER TABLE datasets ADD COLUMN details TEXT NOT NULL DEFAULT '{}'",
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,9 @@ class DatasetRecord:
     test_fraction: float
     split_seed: int
     create_time: str
+    # format_name, reader, source_sha256, column_mapping, cleaning, tokenizer_model, stats;
+    # {} for a dataset made before they were recorded.
+    details: dict = field(default_factory=dict)
 
 
 def _dataset(row) -> DatasetRecord:
@@ -93,6 +107,7 @@ def _dataset(row) -> DatasetRecord:
         test_fraction=row["test_fraction"],
         split_seed=row["split_seed"],
         create_time=row["create_time"],
+        details=json.loads(row["details"]),
     )
 
 
@@ -105,7 +120,12 @@ class DataStore:
         self.root = Path(root)
         (self.root / "files").mkdir(parents=True, exist_ok=True)
         (self.root / "datasets").mkdir(parents=True, exist_ok=True)
-        self.db = Database(self.root / "data.sqlite3", SCHEMA)
+        self.db = Database(self.root / "data.sqlite3", SCHEMA, MIGRATIONS)
+        # Where the tokenizers of built-in models are converted.
+        self.model_cache = model_cache(self.root)
+        self.formats = load_data_formats()
+        self._counters: dict[str, TokenCounter] = {}
+        self._counters_lock = threading.Lock()
 
     # Files
 
@@ -198,32 +218,58 @@ class DataStore:
 
     # Datasets
 
-    def create_dataset(self, request_id: str, file_id: str, display_name: str, plan: SplitPlan) -> DatasetRecord:
+    def create_dataset(
+        self,
+        request_id: str,
+        file_id: str,
+        display_name: str,
+        plan: SplitPlan,
+        format_name: str = "",
+        column_mapping: dict[str, str] | None = None,
+        cleaning: CleaningOptions | None = None,
+        tokenizer_model: str = "",
+    ) -> DatasetRecord:
         if request_id and (existing := self.db.query_one("SELECT * FROM datasets WHERE request_id = ?", (request_id,))):
             return _dataset(existing)
+        cleaning = cleaning or CleaningOptions()
         plan.check()
+        cleaning.check()
         file = self.get_file(file_id)
-        with open(self.root / "files" / file.id, "rb") as handle:
-            examples = parse_chat_jsonl(handle)
-        splits = split_examples(examples, plan)
+        tokenizer_model = tokenizer_model or DEFAULT_BASE_MODEL
+        counter = self.token_counter(tokenizer_model)
+        source = Source(self.root / "files" / file.id, file.filename, format_name, dict(column_mapping or {}))
         dataset_id = new_id("ds")
         folder = self.root / "datasets" / dataset_id
-        for split in SPLITS:
-            write_lines_atomic(
-                folder / f"{split}.jsonl",
-                (json.dumps({"messages": example}, ensure_ascii=False) for example in splits[split]),
-            )
+        staging = self.root / "datasets" / f".{dataset_id}.tmp"
+        try:
+            prepared = prepare(source, plan, cleaning, counter, self.formats, staging)
+            for path in staging.iterdir():
+                fsync_path(path)
+            staging.rename(folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        details = {
+            "format_name": prepared.format_name,
+            "reader": prepared.reader,
+            "source_sha256": file.sha256,
+            "column_mapping": source.column_mapping,
+            "cleaning": {k: str(v) if isinstance(v, StrEnum) else v for k, v in asdict(cleaning).items()},
+            "tokenizer_model": tokenizer_model,
+            "stats": prepared.stats,
+        }
         record = DatasetRecord(
             id=dataset_id,
             display_name=display_name or file.filename,
             file_id=file.id,
-            format=CHAT_FORMAT,
-            example_count=len(examples),
-            split_counts={s: len(splits[s]) for s in SPLITS},
+            format=prepared.format_name,
+            example_count=sum(prepared.split_counts.values()),
+            split_counts=prepared.split_counts,
             validation_fraction=plan.validation_fraction,
             test_fraction=plan.test_fraction,
             split_seed=plan.seed,
             create_time=now(),
+            details=details,
         )
         try:
             with self.db.transaction() as conn:
@@ -234,7 +280,7 @@ class DataStore:
                     return _dataset(row)
                 seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM datasets").fetchone()[0]
                 conn.execute(
-                    "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.id,
                         record.display_name,
@@ -250,12 +296,20 @@ class DataStore:
                         request_id or None,
                         record.create_time,
                         seq,
+                        json.dumps(details, ensure_ascii=False),
                     ),
                 )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return record
+
+    def token_counter(self, model: str) -> TokenCounter:
+        """The counter of ``model``'s tokens, loaded once per service."""
+        with self._counters_lock:
+            if model not in self._counters:
+                self._counters[model] = TokenCounter(resolve_tokenizer(model, self.model_cache))
+            return self._counters[model]
 
     def get_dataset(self, dataset_id: str) -> DatasetRecord:
         row = self.db.query_one("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
@@ -272,8 +326,20 @@ class DataStore:
         rows = self.db.query("SELECT * FROM datasets ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))
         return [_dataset(r) for r in rows], next_token(offset, limit, len(rows))
 
-    def read_dataset(self, dataset_id: str, split: str) -> Iterator[list[dict[str, str]]]:
+    def read_dataset(self, dataset_id: str, split: str) -> Iterator[Example]:
+        """The split's examples: ``{"messages": [...]}`` or ``{"text": ...}``."""
         self.get_dataset(dataset_id)
         with open(self.root / "datasets" / dataset_id / f"{split}.jsonl", encoding="utf-8") as handle:
             for line in handle:
-                yield json.loads(line)["messages"]
+                yield json.loads(line)
+
+    def read_report(self, dataset_id: str, page_size: int, page_token: str) -> tuple[list[dict], str]:
+        """One page of the cleaning report's lines (a dataset made before reports has none)."""
+        self.get_dataset(dataset_id)
+        offset, limit = page_bounds(page_size or 100, page_token)
+        path = self.root / "datasets" / dataset_id / "report.jsonl"
+        if not path.exists():
+            return [], ""
+        with open(path, encoding="utf-8") as handle:
+            lines = [json.loads(line) for line in itertools.islice(handle, offset, offset + limit)]
+        return lines, next_token(offset, limit, len(lines))

@@ -27,7 +27,7 @@ import structlog
 
 from tunewright import contract
 from tunewright.contract import ARTIFACT, FORMAT_VERSION, MANIFEST, ArtifactKind, Manifest
-from tunewright.core.basemodel import load_tokenizer, resolve_base_model, save_tokenizer
+from tunewright.core.basemodel import load_tokenizer, model_cache, resolve_base_model, save_tokenizer
 from tunewright.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -201,7 +201,7 @@ class Exporter:
         self.methods = methods
         self.formats = exporters.formats
         self.targets = exporters.targets
-        self.model_cache = self.root / "base-models"
+        self.model_cache = model_cache(self.root)
         # One export or push at a time: an export holds a base model and a merged copy in memory.
         self._lock = threading.Lock()
 

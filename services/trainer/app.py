@@ -6,6 +6,7 @@ from pathlib import Path
 
 import grpc
 
+from tunewright.core.basemodel import model_cache
 from tunewright.core.errors import Unavailable
 from tunewright.core.metrics import Metrics
 from tunewright.core.security import ChannelSecurity, ServerSecurity, open_channel
@@ -50,7 +51,7 @@ def start_trainer(
     store = JobStore(data_dir / "trainer.sqlite3")
     metrics = Metrics("trainer")
     metrics.add_job_states(store.count_by_state)
-    runner = JobRunner(store, data_dir / "jobs", data_service, data_dir / "base-models", metrics, max_running_jobs)
+    runner = JobRunner(store, data_dir / "jobs", data_service, model_cache(data_dir), metrics, max_running_jobs)
     trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service))
     server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address, security)
     runner.start()

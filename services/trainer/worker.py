@@ -45,7 +45,7 @@ from tunewright.contract import (
     WorkerEvent,
 )
 from tunewright.core.basemodel import load_tokenizer, resolve_base_model
-from tunewright.core.chat import prompt_and_reference, tokenize_for_training
+from tunewright.core.chat import prompt_and_reference, tokenize_example
 from tunewright.core.errors import TunewrightError
 from tunewright.core.files import write_bytes_atomic, write_lines_atomic
 from tunewright.core.logging import configure_logging
@@ -83,15 +83,16 @@ class Events:
         self.emit(Log(text=text))
 
 
-def fetch_splits(address: str, dataset: str) -> dict[str, list[list[dict[str, str]]]]:
-    """The train, validation and test examples of ``dataset``, read over one channel."""
+def fetch_splits(address: str, dataset: str) -> dict[str, list[list[dict[str, str]] | str]]:
+    """The train, validation and test examples of ``dataset``, read over one channel: each a
+    conversation (a list of messages) or, from a text dataset, a string."""
     splits = {"train": data_pb.SPLIT_TRAIN, "validation": data_pb.SPLIT_VALIDATION, "test": data_pb.SPLIT_TEST}
     with open_channel(address, ChannelSecurity.from_env()) as channel:
         stub = data_grpc.DataServiceStub(channel)
         try:
             return {
                 name: [
-                    [{"role": m.role, "content": m.content} for m in r.example.messages]
+                    r.example.text or [{"role": m.role, "content": m.content} for m in r.example.messages]
                     for r in stub.ReadDataset(data_pb.ReadDatasetRequest(name=dataset, split=split), timeout=300)
                 ]
                 for name, split in splits.items()
@@ -104,6 +105,20 @@ def fetch_splits(address: str, dataset: str) -> dict[str, list[list[dict[str, st
                 f"could not read {dataset} from the data service at {address}: {error.code().name} {error.details()}; "
                 "check that the data service runs, then create the job again",
             ) from error
+
+
+def fetch_dataset_record(address: str, dataset: str) -> dict[str, Any]:
+    """The data service's record of ``dataset``, JSON-mapped, for the artifact's manifest."""
+    from google.protobuf import json_format
+
+    with open_channel(address, ChannelSecurity.from_env()) as channel:
+        try:
+            found = data_grpc.DataServiceStub(channel).GetDataset(data_pb.GetDatasetRequest(name=dataset), timeout=60)
+        except grpc.RpcError as error:
+            raise JobFailure(
+                "DATASET_UNAVAILABLE", f"could not read {dataset}'s record: {error.code().name} {error.details()}"
+            ) from error
+    return json_format.MessageToDict(found.dataset, preserving_proto_field_name=True)
 
 
 def read_spec(job_dir: Path) -> JobSpec:
@@ -149,7 +164,9 @@ def evaluate_base(
     return answers, base_score
 
 
-def build_artifact(model, method: Method, config, spec: JobSpec, tokenizer, probe_conversation, staging: Path) -> None:
+def build_artifact(
+    model, method: Method, config, spec: JobSpec, tokenizer, probe_conversation, staging: Path, dataset: dict
+) -> None:
     """Writes into ``staging`` what the method trained, the probe and the manifest: what
     the serve service exports."""
     from tunewright.core import probe
@@ -172,8 +189,16 @@ def build_artifact(model, method: Method, config, spec: JobSpec, tokenizer, prob
         artifact_kind=kind,
         trained=kind.folder,
         probe=Probe(file=PROBE, compute_dtype=probe_dtype, tolerance=probe.TOLERANCE[probe_dtype]),
+        dataset=dataset,
     )
     write_bytes_atomic(staging / MANIFEST, contract.to_json(manifest))
+
+
+def probe_conversation(splits: dict[str, list]) -> list[dict[str, str]]:
+    """The held-out example the probe runs on, as a conversation (a text example becomes
+    the user's message)."""
+    example = (splits["test"] or splits["validation"] or splits["train"])[0]
+    return [{"role": "user", "content": example}] if isinstance(example, str) else example
 
 
 def build_checkpoint_artifact(job_dir: Path, step: int, events: Events) -> None:
@@ -199,8 +224,8 @@ def build_checkpoint_artifact(job_dir: Path, step: int, events: Events) -> None:
     checkpoints.load_weights(found, model)
     events.log(f"building the artifact of the checkpoint at step {step}")
     staging = found.path / f".{ARTIFACT}.tmp"
-    conversation = (splits["test"] or splits["validation"] or splits["train"])[0]
-    build_artifact(model, method, config, spec, load_tokenizer(folder), conversation, staging)
+    dataset = fetch_dataset_record(spec.data_service, spec.dataset)
+    build_artifact(model, method, config, spec, load_tokenizer(folder), probe_conversation(splits), staging, dataset)
     shutil.rmtree(found.path / ARTIFACT, ignore_errors=True)
     staging.rename(found.path / ARTIFACT)
 
@@ -253,7 +278,7 @@ def run(job_dir: Path, events: Events) -> None:
     tokenizer = load_tokenizer(folder)
 
     tokenized = {
-        name: [tokenize_for_training(tokenizer, c, hp.max_seq_length) for c in convs] for name, convs in splits.items()
+        name: [tokenize_example(tokenizer, c, hp.max_seq_length) for c in convs] for name, convs in splits.items()
     }
     train_examples = [e for e in tokenized["train"] if e.trained_tokens]
     if not train_examples:
@@ -268,10 +293,16 @@ def run(job_dir: Path, events: Events) -> None:
 
     layout, layout_why = training.layout_for(hp.packing, method.capabilities.takes_position_ids)
     test = splits["test"]
-    evaluate = hp.evaluate and bool(test)
-    references = [prompt_and_reference(c)[1] for c in test]
+    texts = any(isinstance(example, str) for example in splits["train"])
+    evaluate = hp.evaluate and bool(test) and not texts
+    references = [] if texts else [prompt_and_reference(c)[1] for c in test]
     if hp.evaluate and not test:
         events.log("the dataset has no test split, so there is no evaluation")
+    if hp.evaluate and test and texts:
+        events.log("a text dataset has no answers to compare: its test loss is logged before and after training")
+        if lead:
+            loss = training.mean_loss(model, tokenized["test"], tokenizer.pad_token_id, layout=layout)
+            events.log(f"test loss of the base model: {loss:.4f}")
     if evaluate and lead:
         base_answers, base_score = evaluate_base(
             job_dir, events, model, tokenizer, test, tokenized["test"], references, hp, layout
@@ -343,8 +374,11 @@ def run(job_dir: Path, events: Events) -> None:
             return
 
     staging = job_dir / f".{ARTIFACT}.tmp"
-    probe_conversation = (test or splits["validation"] or splits["train"])[0]
-    build_artifact(model, method, config, spec, tokenizer, probe_conversation, staging)
+    dataset = fetch_dataset_record(spec.data_service, spec.dataset)
+    build_artifact(model, method, config, spec, tokenizer, probe_conversation(splits), staging, dataset)
+    if hp.evaluate and test and texts:
+        loss = training.mean_loss(model, tokenized["test"], tokenizer.pad_token_id, layout=layout)
+        events.log(f"test loss of the fine-tuned model: {loss:.4f}")
 
     if evaluate:
         events.log("evaluating the fine-tuned model")

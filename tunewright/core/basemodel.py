@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -59,6 +60,17 @@ def _package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+# A folder of converted built-in models that the services on one host share, instead of
+# each converting into ``<its data dir>/base-models``.
+MODEL_CACHE_ENV = "TUNEWRIGHT_MODEL_CACHE"
+
+
+def model_cache(data_dir: Path) -> Path:
+    """Where a service keeps converted built-in models: ``$TUNEWRIGHT_MODEL_CACHE``, else
+    ``<data_dir>/base-models``."""
+    return Path(os.environ.get(MODEL_CACHE_ENV) or Path(data_dir) / "base-models")
+
+
 def resolve_base_model(spec: str, cache_dir: Path, field: str = "base_model") -> Path:
     """Returns a folder with config.json, safetensors weights and a tokenizer for ``spec``,
     converting a built-in model on first use."""
@@ -66,6 +78,18 @@ def resolve_base_model(spec: str, cache_dir: Path, field: str = "base_model") ->
     if spec in BUILTIN_MODELS:
         return _builtin_folder(spec, BUILTIN_MODELS[spec], Path(cache_dir))
     return Path(spec).expanduser()
+
+
+def resolve_tokenizer(spec: str, cache_dir: Path, field: str = "tokenizer_model") -> Path:
+    """Returns a folder with ``spec``'s tokenizer and chat template. For a built-in model
+    that is its converted folder when one is cached, else its tokenizer alone, converted on
+    first use (seconds, where the whole model takes a minute)."""
+    check_base_model(spec, field)
+    if spec not in BUILTIN_MODELS:
+        return Path(spec).expanduser()
+    if _converted(Path(cache_dir) / spec):
+        return Path(cache_dir) / spec
+    return _builtin_folder(spec, BUILTIN_MODELS[spec], Path(cache_dir), tokenizer_only=True)
 
 
 def check_base_model(spec: str, field: str = "base_model") -> None:
@@ -95,7 +119,9 @@ def check_base_model(spec: str, field: str = "base_model") -> None:
         )
 
 
-def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path) -> Path:
+def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path, tokenizer_only: bool = False) -> Path:
+    if tokenizer_only:
+        name = f"{name}.tokenizer"
     target = cache_dir / name
     if _converted(target):
         return target
@@ -115,7 +141,10 @@ def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path) -> Path:
         log.info("converting built-in model", model=name, gguf=model.gguf_file)
         staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}."))
         try:
-            convert_gguf(package_dir, model.gguf_file, staging)
+            if tokenizer_only:
+                save_tokenizer(gguf_tokenizer(package_dir, model.gguf_file), staging)
+            else:
+                convert_gguf(package_dir, model.gguf_file, staging)
             (staging / CONVERSION_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION}) + "\n")
             if target.exists():  # an older conversion: replaced, never half-overwritten
                 stale = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}.stale."))
@@ -149,27 +178,37 @@ def convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
       reads ``pre`` from an exported GGUF) and Ollama tokenize alike.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    _restore_pre_tokenizer(tokenizer, _gguf_pre_tokenizer(folder / gguf_file))
-    # transformers warns on every load that this clean-up would corrupt BPE output.
-    tokenizer.clean_up_tokenization_spaces = False
+    tokenizer = gguf_tokenizer(folder, gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     stops = end_of_turn_tokens(tokenizer)
     if stops:
-        tokenizer.eos_token = stops[0]
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = stops[0]
         eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in stops]
         model.config.eos_token_id = eos_ids[0]
         model.generation_config.eos_token_id = eos_ids
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     save_tokenizer(tokenizer, out_dir)
+
+
+def gguf_tokenizer(folder: Path, gguf_file: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a GGUF model, with the two repairs ``convert_gguf`` describes."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    _restore_pre_tokenizer(tokenizer, _gguf_pre_tokenizer(folder / gguf_file))
+    # transformers warns on every load that this clean-up would corrupt BPE output.
+    tokenizer.clean_up_tokenization_spaces = False
+    stops = end_of_turn_tokens(tokenizer)
+    if stops:
+        tokenizer.eos_token = stops[0]
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = stops[0]
+    return tokenizer
 
 
 def _gguf_pre_tokenizer(path: Path) -> str:

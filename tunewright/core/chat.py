@@ -79,6 +79,22 @@ def tokenize_for_training(
     return TokenizedExample(input_ids=encoded["input_ids"][:max_length], labels=labels[:max_length])
 
 
+def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> TokenizedExample:
+    """Token ids of a text for continued pre-training, the end-of-sequence token after it;
+    the loss is on every token."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return TokenizedExample(input_ids=ids[:max_length], labels=ids[:max_length])
+
+
+def tokenize_example(
+    tokenizer: PreTrainedTokenizerBase, example: list[Message] | str, max_length: int
+) -> TokenizedExample:
+    """A conversation (a list of messages) or a text (a string), tokenized for training."""
+    if isinstance(example, str):
+        return tokenize_text(tokenizer, example, max_length)
+    return tokenize_for_training(tokenizer, example, max_length)
+
+
 def prompt_and_reference(messages: list[Message]) -> tuple[list[Message], str]:
     """Splits a conversation at its last assistant turn: what the model sees, what it should say."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
