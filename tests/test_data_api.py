@@ -111,3 +111,75 @@ def test_list_pages_through_every_dataset(services, small_jsonl):
         if not token:
             break
     assert seen == list_names(services) and len(seen) == len(set(seen)) >= 3
+
+
+def test_csv_with_a_mapping_statistics_and_the_cleaning_report_over_grpc(services, tiny_model):
+    rows = ["ticket,triage"]
+    for i in range(20):
+        rows.append(f'"Ticket {i}: write to ops{i}@example.com","urgency: low\nreason: case {i}."')
+    rows += [rows[1], rows[2].upper()]  # rows 21 and 22 repeat rows 1 and 2
+    file = services.client.upload_bytes("tickets.csv", ("\n".join(rows) + "\n").encode())
+    request = pb.CreateDatasetRequest(
+        file=file.name,
+        column_mapping={"prompt": "ticket", "completion": "triage"},
+        tokenizer_model=str(tiny_model),
+        cleaning=pb.CleaningOptions(near_duplicates=pb.NEAR_DUPLICATES_OFF),
+    )
+    dataset = services.client.data.CreateDataset(request).dataset
+    assert dataset.format == pb.DATASET_FORMAT_PROMPT_COMPLETION and dataset.reader == "csv"
+    assert dataset.source_sha256 == file.sha256 and dataset.cleaning.exact_dedupe and dataset.cleaning.scrub_pii
+    assert dataset.cleaning.near_duplicates == pb.NEAR_DUPLICATES_OFF and dataset.cleaning.max_seq_length == 512
+    cleaning = dataset.stats.cleaning
+    assert (cleaning.read, cleaning.exact_duplicates_removed, dataset.example_count) == (22, 2, 20)
+    assert cleaning.pii_examples == 20 and dict(cleaning.pii_replacements) == {"EMAIL": 20}
+    assert sum(s.examples for s in (dataset.stats.train, dataset.stats.validation, dataset.stats.test)) == 20
+    assert dataset.stats.train.loss_tokens > 0 and dataset.stats.train.turns == 2 * dataset.stats.train.examples
+
+    actions, token = [], ""
+    while True:
+        page = services.client.data.GetDatasetReport(
+            pb.GetDatasetReportRequest(name=dataset.name, page_size=8, page_token=token)
+        )
+        actions += page.actions
+        token = page.next_page_token
+        if not token:
+            break
+    assert page.stats == dataset.stats
+    removed = [
+        (a.line, a.duplicate_of_line) for a in actions if a.kind == pb.CleaningAction.KIND_EXACT_DUPLICATE_REMOVED
+    ]
+    assert removed == [(21, 1), (22, 2)]
+    replaced = [a for a in actions if a.kind == pb.CleaningAction.KIND_PII_REPLACED]
+    assert [a.line for a in replaced] == list(range(1, 21)) and dict(replaced[0].pii_replacements) == {"EMAIL": 1}
+    test = services.client.data.ReadDataset(pb.ReadDatasetRequest(name=dataset.name, split=pb.SPLIT_TRAIN))
+    assert all("<EMAIL>" in r.example.messages[0].content for r in test)
+
+
+def test_formats_are_listed_and_a_bad_format_or_option_is_refused(services, small_jsonl):
+    listed = services.client.data.ListDataFormats(pb.ListDataFormatsRequest())
+    assert [f.name for f in listed.formats] == ["chat", "prompt_completion", "alpaca", "sharegpt", "text"]
+    assert set(listed.readers) == {"jsonl", "txt", "csv", "parquet"}
+    file = services.client.upload(small_jsonl)
+    for request, reason, field in [
+        (pb.CreateDatasetRequest(file=file.name, format_name="tickets"), "UNKNOWN_FORMAT", "format_name"),
+        (
+            pb.CreateDatasetRequest(file=file.name, format=pb.DATASET_FORMAT_ALPACA, format_name="chat"),
+            "FORMAT_MISMATCH",
+            "format_name",
+        ),
+        (
+            pb.CreateDatasetRequest(file=file.name, cleaning=pb.CleaningOptions(near_duplicate_threshold=1.5)),
+            "INVALID_CLEANING_OPTIONS",
+            "cleaning.near_duplicate_threshold",
+        ),
+        (
+            pb.CreateDatasetRequest(file=file.name, tokenizer_model="/no/such/model"),
+            "UNKNOWN_BASE_MODEL",
+            "tokenizer_model",
+        ),
+    ]:
+        with pytest.raises(grpc.RpcError) as caught:
+            services.client.data.CreateDataset(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        got_reason, violations = rich_error(caught.value)
+        assert got_reason == reason and field in [f for f, _ in violations], (got_reason, violations)

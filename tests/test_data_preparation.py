@@ -8,17 +8,21 @@ import hashlib
 import json
 import random
 import re
+import sqlite3
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tunewright import hookimpl
 from tunewright.core.errors import InvalidArgument
 from tunewright.data.cleaning import CleaningOptions, NearDuplicates
 from tunewright.data.pii import scrub
 from tunewright.data.split import SplitPlan
 from tunewright.data.store import DataStore
+from tunewright.dataformats import BadRecord
+from tunewright.plugin_manager import collect_data_formats, plugin_manager
 
 PAIRS = [
     ("My invoice shows a charge twice this month.", "urgency: medium\nreason: Billing error."),
@@ -326,3 +330,58 @@ def test_token_counts_match_the_trainers(store, tmp_path, tiny_model):
     stats = dataset.details["stats"]["train"]
     assert stats["tokens"] == sum(len(t.input_ids) for t in tokenized)
     assert stats["loss_tokens"] == sum(t.trained_tokens for t in tokenized)
+
+
+class TicketExportPlugin:
+    """A team's own format, as a plugin package would add it: its ticketing system's export."""
+
+    name = "ticket_export"
+    description = '{"subject": ..., "body": ..., "triage": ...}'
+    fields = ("subject", "body", "triage")
+
+    @hookimpl
+    def tunewright_register_data_formats(self, registry):
+        registry.add_format(self)
+
+    def detect(self, record):
+        return {"subject", "triage"} <= set(record)
+
+    def parse(self, record):
+        if not isinstance(record.get("triage"), str):
+            raise BadRecord([("triage", "must be the agent's triage text")])
+        prompt = f"{record['subject']}\n\n{record.get('body', '')}".strip()
+        return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["triage"]}]}
+
+
+def test_a_plugin_adds_a_format_without_editing_the_data_service(store, tmp_path, tiny_model):
+    pm = plugin_manager(load_entrypoints=False)
+    pm.register(TicketExportPlugin(), name="ticket-export")
+    store.formats = collect_data_formats(pm)
+    rng = random.Random(5)
+    records = [{"subject": f"Ticket {i}", "body": sentence(rng), "triage": "urgency: high"} for i in range(8)]
+    records[0]["body"] = "It broke."
+    records[5] = {"subject": "Ticket 5", "triage": None}
+    path = write_jsonl(tmp_path / "export.jsonl", records)
+    with pytest.raises(InvalidArgument) as caught:
+        create(store, path, tiny_model)
+    assert [v.field for v in caught.value.violations] == ["line 6: triage"]
+    write_jsonl(path, records[:5] + records[6:])
+    dataset = create(store, path, tiny_model)
+    assert dataset.format == "ticket_export" and dataset.example_count == 7
+    assert {"role": "user", "content": "Ticket 0\n\nIt broke."} in [
+        e["messages"][0] for e in all_examples(store, dataset.id)
+    ]
+
+
+def test_the_leakage_check_finds_test_examples_whose_group_is_elsewhere(tmp_path):
+    from tunewright.data.pipeline import Report, _check_leakage
+
+    work = sqlite3.connect(":memory:")
+    work.execute("CREATE TABLE kept (position INTEGER PRIMARY KEY, grp INTEGER, split TEXT)")
+    rows = [(1, 1, "train"), (2, 1, "test"), (3, 3, "test"), (4, 4, "test"), (5, 4, "test"), (6, 6, "validation")]
+    work.executemany("INSERT INTO kept VALUES (?, ?, ?)", [*rows, (7, 6, "test")])
+    report = Report(tmp_path / "report.jsonl")
+    assert _check_leakage(work, report) == 2
+    report.close()
+    lines = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
+    assert lines == [{"line": 2, "kind": "leaked_test_example"}, {"line": 7, "kind": "leaked_test_example"}]

@@ -53,7 +53,7 @@ class EchoPlugin:
 def test_the_five_builtin_methods_are_plugins_with_parameter_schemas():
     methods = collect_methods(plugin_manager(load_entrypoints=False))
     assert set(methods) == {"lora", "qlora", "unsloth", "prefix", "full"}
-    assert len(DEFAULT_PLUGINS) == 8  # and three exporters: safetensors, gguf, ollama
+    assert len(DEFAULT_PLUGINS) == 9  # three exporters (safetensors, gguf, ollama) and the data formats
     specs = {s.name: s for s in parameter_specs(methods["lora"].config_class)}
     assert specs["r"].type == "int" and specs["r"].default == 16 and specs["r"].description
     assert specs["target_modules"].type == "string_list" and specs["target_modules"].default == ["all-linear"]

@@ -13,15 +13,19 @@ from conftest import REPO
 CHECK = """
 import json, sys
 import tunewright
-from tunewright.plugin_manager import DEFAULT_PLUGINS, load_exporters, load_methods
+from tunewright.plugin_manager import DEFAULT_PLUGINS, load_data_formats, load_exporters, load_methods
 methods = load_methods()
 exporters = load_exporters()
-plugins = [*methods.values(), *exporters.formats.values(), *exporters.targets.values()]
+data = load_data_formats()
+plugins = [*methods.values(), *exporters.formats.values(), *exporters.targets.values(), *data.formats.values(),
+           *data.readers.values()]
 print(json.dumps({
     "package": tunewright.__file__,
     "methods": sorted(methods),
     "formats": sorted(exporters.formats),
     "targets": sorted(exporters.targets),
+    "data_formats": sorted(data.formats),
+    "readers": sorted(data.readers),
     "modules": [sys.modules[type(p).__module__].__file__ for p in plugins],
     "default_plugins": list(DEFAULT_PLUGINS),
 }))
@@ -39,7 +43,7 @@ def test_every_builtin_plugin_imports_from_an_installed_wheel(tmp_path):
     (wheel,) = built.glob("tunewright-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     plugin_folders = sorted(p.parent.name for p in (REPO / "plugins").glob("*/__init__.py"))
-    assert plugin_folders == ["full", "gguf", "lora", "ollama", "prefix", "qlora", "safetensors", "unsloth"]
+    assert plugin_folders == ["formats", "full", "gguf", "lora", "ollama", "prefix", "qlora", "safetensors", "unsloth"]
     for folder in plugin_folders:
         assert f"tunewright/plugins/{folder}/__init__.py" in names, folder
     for service in ("data", "trainer", "serve"):
@@ -66,5 +70,7 @@ def test_every_builtin_plugin_imports_from_an_installed_wheel(tmp_path):
     assert found["package"].startswith(str(site))
     assert found["methods"] == ["full", "lora", "prefix", "qlora", "unsloth"]
     assert (found["formats"], found["targets"]) == (["gguf", "safetensors"], ["ollama"])
+    assert found["data_formats"] == ["alpaca", "chat", "prompt_completion", "sharegpt", "text"]
+    assert found["readers"] == ["csv", "jsonl", "parquet", "txt"]
     assert all(module.startswith(str(site)) for module in found["modules"]), found["modules"]
     assert sorted(name.rsplit(".", 1)[-1] for name in found["default_plugins"]) == plugin_folders

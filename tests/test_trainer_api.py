@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import grpc
 import pytest
@@ -231,3 +232,25 @@ def test_unknown_job_is_not_found(services):
     with pytest.raises(grpc.RpcError) as caught:
         services.client.trainer.GetJob(pb.GetJobRequest(name="jobs/nope"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_text_dataset_trains_with_the_loss_on_every_token(services, tiny_model, tmp_path):
+    rng = random.Random(0)
+    words = [f"{a}{b}" for a in ("queue", "disk", "alert", "node", "cache") for b in ("", "s", "ed", "ing", "er", "ly")]
+    paragraphs = [f"Runbook {i}: " + " ".join(rng.choice(words) for _ in range(40)) + "." for i in range(24)]
+    path = tmp_path / "runbooks.txt"
+    path.write_text("\n\n".join(paragraphs) + "\n")
+    dataset = services.client.upload_dataset(path, tokenizer_model=str(tiny_model))
+    assert dataset.format == "text" and dataset.reader == "txt"
+    train = dataset.stats["train"]
+    assert train["loss_tokens"] == train["tokens"] > 0
+    job = create(services, tiny_model, dataset.name, max_steps=2)
+    events = watch(services, job.name)
+    states = [e.state_change.state for e in events if e.WhichOneof("payload") == "state_change"]
+    assert states[-1] == pb.JOB_STATE_SUCCEEDED, events
+    logs = [e.log.text for e in events if e.WhichOneof("payload") == "log"]
+    assert any(line.startswith("test loss of the base model: ") for line in logs), logs
+    assert any(line.startswith("test loss of the fine-tuned model: ") for line in logs), logs
+    assert not any(e.WhichOneof("payload") == "evaluation" for e in events)
+    # Every token of a text example is trained: the steps' loss is over all of them.
+    assert all(e.progress.loss > 0 for e in events if e.WhichOneof("payload") == "progress")

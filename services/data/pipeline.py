@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from tunewright.core.errors import FieldViolation, InvalidArgument
-from tunewright.data.cleaning import CleaningOptions, DuplicateIndex, NearDuplicates, example_text, normalize
+from tunewright.data.cleaning import (
+    CleaningOptions,
+    DuplicateIndex,
+    NearDuplicates,
+    example_text,
+    normalize,
+    working_database,
+)
 from tunewright.data.split import SPLITS, SplitPlan
 from tunewright.data.tokens import TokenCounter
 from tunewright.dataformats import BadRecord, DataFormat, DataFormatRegistry, Example, Reader
@@ -117,7 +124,7 @@ class Violations:
             f"the file has {self.bad} bad {self.unit}(s); nothing was stored. {shown}{more}",
             reason="INVALID_DATASET_FILE",
             violations=self.items,
-            metadata={f"bad_{self.unit}s": str(self.bad), "bad_lines": str(self.bad)},
+            metadata={f"bad_{self.unit}s": str(self.bad)},
         )
 
 
@@ -222,10 +229,7 @@ def prepare(
     options.check()
     format_name, reader_name, stream = examples(source, registry)
     out.mkdir(parents=True)
-    work = sqlite3.connect(out / "work.sqlite3", isolation_level=None)
-    work.execute("PRAGMA journal_mode = OFF")
-    work.execute("PRAGMA synchronous = OFF")
-    work.execute("BEGIN")
+    work = working_database(out / "work.sqlite3")
     work.execute(
         "CREATE TABLE kept (position INTEGER PRIMARY KEY, grp INTEGER, rank BLOB, line TEXT, "
         "turns INTEGER, tokens INTEGER, loss_tokens INTEGER, bucket INTEGER, split TEXT)"
@@ -233,14 +237,20 @@ def prepare(
     index = DuplicateIndex(out / "index.sqlite3", options)
     report = Report(out / "report.jsonl")
     read = 0
-    batch: list[tuple[int, Example, int]] = []
+    batch: list[tuple[int, Example, int, Counter[str]]] = []
 
     def flush() -> None:
-        for (position, example, group), counted in zip(batch, counter.count([e for _, e, _ in batch]), strict=True):
-            if counted.tokens > options.max_seq_length:
-                if options.drop_overlength:
-                    report.add(position, OVERLENGTH_REMOVED, tokens=counted.tokens)
-                    continue
+        counts = counter.count([example for _, example, _, _ in batch])
+        for (position, example, group, found), counted in zip(batch, counts, strict=True):
+            overlength = counted.tokens > options.max_seq_length
+            if overlength and options.drop_overlength:
+                report.add(position, OVERLENGTH_REMOVED, tokens=counted.tokens)
+                continue
+            # PII is counted in the examples kept; a removed one's report line says only why.
+            if found:
+                report.pii.update(found)
+                report.add(position, PII_REPLACED, pii=dict(found))
+            if overlength:
                 report.add(position, OVERLENGTH, tokens=counted.tokens)
             line = json.dumps(example, ensure_ascii=False)
             work.execute(
@@ -261,11 +271,10 @@ def prepare(
     try:
         for position, example in stream:
             read += 1
+            found: Counter[str] = Counter()
             if options.scrub_pii:
+                # Before deduplication, so that examples differing only in PII are duplicates.
                 example, found = _scrubbed(example)
-                if found:
-                    report.pii.update(found)
-                    report.add(position, PII_REPLACED, pii=dict(found))
             normalized = normalize(example_text(example))
             earlier = index.exact_duplicate_of(normalized, position)
             if earlier is not None and options.exact_dedupe:
@@ -277,7 +286,7 @@ def prepare(
                 if joined and options.near_duplicates == NearDuplicates.REMOVE:
                     report.add(position, NEAR_DUPLICATE_REMOVED, duplicate_of=index.find(group))
                     continue
-            batch.append((position, example, group))
+            batch.append((position, example, group, found))
             if len(batch) >= TOKENIZE_BATCH:
                 flush()
         flush()
@@ -346,8 +355,12 @@ def _split(work: sqlite3.Connection, plan: SplitPlan) -> dict[str, int]:
             assignments.clear()
     work.executemany("INSERT INTO assign VALUES (?, ?)", assignments)
     if counts["train"] < 1:
+        groups = work.execute("SELECT COUNT(*) FROM assign").fetchone()[0]
+        grouped = (
+            f" (they are {groups} group(s) of near duplicates, and a group stays in one split)" if groups < n else ""
+        )
         raise InvalidArgument(
-            f"{n} example(s) leave none to train on after the split; add examples or lower the fractions",
+            f"{n} example(s){grouped} leave none to train on after the split; add examples or lower the fractions",
             reason="TOO_FEW_EXAMPLES",
             violations=[FieldViolation("file", f"{n} example(s)")],
         )
@@ -358,8 +371,8 @@ def _split(work: sqlite3.Connection, plan: SplitPlan) -> dict[str, int]:
 def _check_leakage(work: sqlite3.Connection, report: Report) -> int:
     """Test examples whose near-duplicate group has members in train or validation."""
     leaked = work.execute(
-        "SELECT t.position FROM kept t WHERE t.split = 'test' AND EXISTS "
-        "(SELECT 1 FROM kept o WHERE o.grp = t.grp AND o.split != 'test') ORDER BY t.position"
+        "SELECT position FROM kept WHERE split = 'test' AND grp IN "
+        "(SELECT grp FROM kept GROUP BY grp HAVING COUNT(DISTINCT split) > 1) ORDER BY position"
     ).fetchall()
     for (position,) in leaked:
         report.add(position, LEAKED_TEST_EXAMPLE)
