@@ -385,3 +385,13 @@ def test_the_leakage_check_finds_test_examples_whose_group_is_elsewhere(tmp_path
     report.close()
     lines = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
     assert lines == [{"line": 2, "kind": "leaked_test_example"}, {"line": 7, "kind": "leaked_test_example"}]
+
+
+def test_normalization_folds_case_and_spaces_but_keeps_message_boundaries():
+    from tunewright.data.cleaning import normalized_text
+
+    def chat(*contents: str) -> dict:
+        return {"messages": [{"role": r, "content": c} for r, c in zip(("user", "assistant"), contents, strict=True)]}
+
+    assert normalized_text(chat("  Ｈello\tWORLD ", "ok")) == normalized_text(chat("hello world", "OK"))
+    assert normalized_text(chat("a assistant b", "c")) != normalized_text(chat("a", "b assistant c"))

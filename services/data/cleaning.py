@@ -92,15 +92,17 @@ def working_database(path: Path) -> sqlite3.Connection:
     return db
 
 
-def example_text(example: Example) -> str:
-    """The example as one string: a text's text, or each message's role and content."""
-    if "text" in example:
-        return example["text"]
-    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in example["messages"])
-
-
 def normalize(text: str) -> str:
     return _SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def normalized_text(example: Example) -> str:
+    """The example as one normalized string: a text's text, or each message's role and
+    normalized content. Contents are normalized one by one: the separators are whitespace
+    to the regular expression, and must not turn into spaces."""
+    if "text" in example:
+        return normalize(example["text"])
+    return "\x1e".join(f"{m['role']}\x1f{normalize(m['content'])}" for m in example["messages"])
 
 
 class DuplicateIndex:

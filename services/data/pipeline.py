@@ -30,8 +30,7 @@ from tunewright.data.cleaning import (
     CleaningOptions,
     DuplicateIndex,
     NearDuplicates,
-    example_text,
-    normalize,
+    normalized_text,
     working_database,
 )
 from tunewright.data.split import SPLITS, SplitPlan
@@ -275,7 +274,7 @@ def prepare(
             if options.scrub_pii:
                 # Before deduplication, so that examples differing only in PII are duplicates.
                 example, found = _scrubbed(example)
-            normalized = normalize(example_text(example))
+            normalized = normalized_text(example)
             earlier = index.exact_duplicate_of(normalized, position)
             if earlier is not None and options.exact_dedupe:
                 report.add(position, EXACT_DUPLICATE_REMOVED, duplicate_of=earlier)
@@ -290,6 +289,8 @@ def prepare(
             if len(batch) >= TOKENIZE_BATCH:
                 flush()
         flush()
+        if index.merged:
+            work.execute("CREATE INDEX kept_group ON kept (grp)")
         for merged, kept in index.merged.items():
             work.execute("UPDATE kept SET grp = ? WHERE grp = ?", (index.find(kept), merged))
         split_counts = _split(work, plan)
