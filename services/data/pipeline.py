@@ -17,6 +17,7 @@ over the file and memory that does not grow with it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sqlite3
 from collections import Counter
@@ -160,7 +161,7 @@ def examples(source: Source, registry: DataFormatRegistry) -> tuple[str, str, It
 
     def parsed() -> Iterator[tuple[int, Example]]:
         violations = Violations(reader.unit)
-        for position, record in _chain(first, records):
+        for position, record in itertools.chain([first], records):
             try:
                 if isinstance(record, BadRecord):
                     raise record
@@ -173,11 +174,6 @@ def examples(source: Source, registry: DataFormatRegistry) -> tuple[str, str, It
         violations.raise_any()
 
     return data_format.name, reader.name, parsed()
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _expected(data_format: DataFormat | None, registry: DataFormatRegistry) -> str:

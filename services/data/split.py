@@ -1,13 +1,10 @@
-"""Deterministic train/validation/test split.
+"""The split's plan: fractions for validation and test, and the seed.
 
-Each example is ranked by a hash of the seed and its content, so the same file, fractions
-and seed always give the same split, whatever order the lines came in.
+The split itself is done on near-duplicate groups by ``tunewright.data.pipeline``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 from tunewright.core.errors import FieldViolation, InvalidArgument
@@ -40,27 +37,3 @@ class SplitPlan:
                 reason="INVALID_SPLIT",
                 violations=violations,
             )
-
-
-def _rank(seed: int, example: list[dict[str, str]]) -> str:
-    canonical = json.dumps(example, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(f"{seed}\n{canonical}".encode()).hexdigest()
-
-
-def split_examples(examples: list, plan: SplitPlan) -> dict[str, list]:
-    plan.check()
-    ordered = sorted(examples, key=lambda example: _rank(plan.seed, example))
-    n = len(ordered)
-    n_test = round(n * plan.test_fraction)
-    n_validation = round(n * plan.validation_fraction)
-    if n - n_test - n_validation < 1:
-        raise InvalidArgument(
-            f"{n} example(s) leave none to train on after the split; add examples or lower the fractions",
-            reason="TOO_FEW_EXAMPLES",
-            violations=[FieldViolation("file", f"{n} example(s)")],
-        )
-    return {
-        "test": ordered[:n_test],
-        "validation": ordered[n_test : n_test + n_validation],
-        "train": ordered[n_test + n_validation :],
-    }

@@ -157,7 +157,7 @@ def report(
             {
                 "dataset": found.name,
                 "splits": {s: found.stats.get(s, {}) for s in SPLITS},
-                "stats": found.stats,
+                "cleaning": found.stats.get("cleaning", {}),
                 "actions": actions,
             }
         )
