@@ -50,7 +50,7 @@ def current_rss_bytes() -> int:
 
 def batches(examples: list, batch_size: int, steps: int, seed: int) -> list[list]:
     """The examples of each step, in the order the trainer's loop draws them in its first
-    epoch (``training.train`` shuffles with ``random.Random(seed)``)."""
+    epoch when not grouping by length (``training.train`` shuffles with ``random.Random(seed)``)."""
     if steps * batch_size > len(examples):
         sys.exit(f"{steps} steps of {batch_size} need more than one epoch of {len(examples)} examples")
     order = list(range(len(examples)))
@@ -91,9 +91,16 @@ def run_method(name: str, folder: Path, steps: int, warmup: int, batch_size: int
     runtime = detect_runtime()
     model = method.prepare(method.load_base(folder, config, runtime), config)
     seen = []
-    # The loop draws its batches as ``batches`` does: the reference gets the same ones.
+    # The loop draws its batches as ``batches`` does (shuffled, not grouped by length, which a
+    # job does by default): the reference gets the same ones.
     hp = Hyperparameters(
-        epochs=1, batch_size=batch_size, max_steps=warmup + steps, evaluate=False, seed=0, precision=precision
+        epochs=1,
+        batch_size=batch_size,
+        max_steps=warmup + steps,
+        evaluate=False,
+        seed=0,
+        precision=precision,
+        group_by_length=False,
     )
     # The precision a job would use: bfloat16 autocast where the CPU has it, unless asked otherwise.
     autocast, _ = training.autocast_dtype(precision, runtime)

@@ -12,10 +12,12 @@ LoRA r=16, alpha=32, every linear layer, the same batch size and number of steps
 - ``hf-trainer-lora``, the reference: ``transformers.Trainer`` + peft, float32, batches padded
   to their longest example (``bench/methods.py`` has the code);
 - ``loop``: the trainer's own loop (``tunewright.trainer.training.train``) with the `lora`
-  method, at the precision and batch layout a job uses by default;
+  method, at the precision and batch layout a job uses by default, on the reference's very
+  batches (shuffled, not grouped by length): the loop's own speed;
 - ``job``: a real job through the three services (``tunewright.stack.Stack``), created over
   gRPC with default hyperparameters but the step count, its speed read from its progress
-  events. Its examples are the dataset's train split, so its batches are not the same ones.
+  events. Its examples are the dataset's train split, drawn as a job draws them by default
+  (batches of similar length), so its batches are not the same ones.
 
 Tokens per second counts real tokens, not padding: the median over the timed steps, after
 the untimed warm-up steps.

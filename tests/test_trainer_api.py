@@ -86,8 +86,8 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
     assert any(line.startswith(expected) for line in logs), logs
     assert job.hyperparameters.precision == "auto"
     # The batch layout is said too, and each evaluation's time apart from training's.
-    assert "batches: left-padded, logits only where a token is trained" in logs
-    assert not job.hyperparameters.packing
+    assert "batches: left-padded, logits only where a token is trained, examples grouped by length" in logs
+    assert not job.hyperparameters.packing and job.hyperparameters.group_by_length
     assert evaluation.base.seconds > 0 and evaluation.tuned.seconds > 0
     assert any(line.startswith("evaluated the base model in ") for line in logs)
     assert any(line.startswith("trained in ") for line in logs)
@@ -180,6 +180,15 @@ def test_a_packed_job_trains_and_says_so(services, tiny_model, dataset):
     events = watch(services, job.name)
     logs = [e.log.text for e in events if e.WhichOneof("payload") == "log"]
     assert "batches: packed into one row per pass, attention kept within each example" in logs
+    assert events[-1].state_change.state == pb.JOB_STATE_SUCCEEDED, logs
+
+
+def test_a_job_can_draw_its_batches_fully_shuffled(services, tiny_model, dataset):
+    job = create(services, tiny_model, dataset, group_by_length=False, evaluate=False)
+    assert not job.hyperparameters.group_by_length
+    events = watch(services, job.name)
+    logs = [e.log.text for e in events if e.WhichOneof("payload") == "log"]
+    assert "batches: left-padded, logits only where a token is trained, examples shuffled" in logs
     assert events[-1].state_change.state == pb.JOB_STATE_SUCCEEDED, logs
 
 

@@ -211,3 +211,35 @@ def test_gradient_checkpointing_recomputes_with_the_attention_the_pass_used(tiny
     hp = Hyperparameters(epochs=1, batch_size=2, learning_rate=1e-3, seed=0)
     training.train(model, examples, hp, tiny_tokenizer.pad_token_id, steps.append)
     assert len(steps) == 4 and all(step.loss > 0 for step in steps)
+
+
+def test_batches_grouped_by_length_are_a_shuffled_permutation_with_little_padding():
+    import random
+
+    from tunewright.trainer.training import GROUP_BATCHES, grouped_by_length
+
+    rng = random.Random(0)
+    lengths = [rng.randrange(20, 400) for _ in range(1000)]
+    batch = 8
+
+    def padding(order: list[int]) -> float:
+        batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+        padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+        return 1 - sum(lengths) / padded
+
+    shuffled = list(range(len(lengths)))
+    random.Random(1).shuffle(shuffled)
+    grouped = grouped_by_length(shuffled, lengths, batch, random.Random(1))
+    assert sorted(grouped) == list(range(len(lengths)))
+    assert padding(shuffled) > 0.3 and padding(grouped) < 0.05
+    # With 1003 examples the last run (examples 768-1002 here) leaves a batch of 3 over: its
+    # three longest, which stay last, where the loop expects the epoch's short batch.
+    lengths += [5, 6, 7]
+    order = grouped_by_length(list(range(len(lengths))), lengths, batch, random.Random(2))
+    assert sorted(order) == list(range(1003))
+    assert order[-3:] == sorted(range(768, 1003), key=lengths.__getitem__)[-3:]
+    # Within a run of GROUP_BATCHES batches the batches do not go from short to long.
+    means = [sum(lengths[i] for i in grouped[s : s + batch]) for s in range(0, batch * GROUP_BATCHES, batch)]
+    assert means != sorted(means) and means != sorted(means, reverse=True)
+    # The same generator state gives the same order (a resumed run draws what the first would).
+    assert grouped_by_length(shuffled, lengths[:1000], batch, random.Random(1)) == grouped

@@ -300,7 +300,8 @@ class Client:
         """Queues a fine-tuning job. ``parameters`` are the method's own (``list_methods`` shows
         them); ``hyperparameters`` are epochs, batch_size, learning_rate, max_seq_length, seed,
         max_steps, evaluate, eval_max_new_tokens, micro_batch_size, precision, packing,
-        checkpoint_every, keep_checkpoints and processes (trainer_service.proto says what each means), each the trainer's default when left out."""
+        checkpoint_every, keep_checkpoints, processes and group_by_length (trainer_service.proto
+        says what each means), each the trainer's default when left out."""
         request = trainer_pb.CreateJobRequest(
             request_id=request_id or uuid.uuid4().hex,
             base_model=base_model,

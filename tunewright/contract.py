@@ -81,6 +81,8 @@ class Hyperparameters(_Frozen):
     keep_checkpoints: int = 2
     # Processes that train the job together (torchrun, DDP); each takes a share of every batch.
     processes: int = 1
+    # Batches drawn among examples of similar length (less padding); shuffled all the same.
+    group_by_length: bool = True
 
 
 class JobSpec(_Frozen):

@@ -319,6 +319,16 @@ class TrainingRun:
         ):
             self._run(on_progress, validate, after_step)
 
+    def _draw_order(self) -> list[int]:
+        """A new epoch's order of the examples: shuffled, and grouped by length unless the
+        run packs or was asked not to."""
+        order = list(range(len(self.examples)))
+        self.shuffler.shuffle(order)
+        if self.hp.group_by_length and self.layout != PACKED:
+            lengths = [len(example.input_ids) for example in self.examples]
+            order = grouped_by_length(order, lengths, self.hp.batch_size, self.shuffler)
+        return order
+
     def _precision(self) -> Any:
         """The passes' arithmetic; the optimizer's stays float32."""
         if self.autocast is None:
@@ -335,8 +345,7 @@ class TrainingRun:
         self.model.train()
         while position.step < self.steps:
             if position.order is None:
-                position.order = list(range(len(self.examples)))
-                self.shuffler.shuffle(position.order)
+                position.order = self._draw_order()
             started = time.perf_counter()
             first = position.batch * hp.batch_size
             step_examples = [self.examples[i] for i in position.order[first : first + hp.batch_size]]
@@ -377,6 +386,35 @@ class TrainingRun:
                 position.epoch, position.batch, position.order = position.epoch + 1, 0, None
             if after_step is not None:
                 after_step(self, epoch_ended)
+
+
+# Examples are sorted by length within runs of this many batches: enough for batches with
+# almost no padding, few enough that which examples meet in a batch stays random.
+GROUP_BATCHES = 32
+
+
+def grouped_by_length(order: list[int], lengths: list[int], batch_size: int, rng: random.Random) -> list[int]:
+    """``order`` (already shuffled) rearranged so that each batch of ``batch_size`` holds
+    examples of similar length: runs of ``GROUP_BATCHES`` batches are sorted by length and
+    cut into batches, and the full batches are shuffled (with ``rng``) so that the steps do
+    not go from short to long. A last, smaller batch stays last, where the loop expects it.
+
+    The Hugging Face Trainer's ``group_by_length`` groups the same way but keeps each run's
+    batches in order of length; on the demo's tickets this leaves 0.6% of a padded batch as
+    padding, against 11% for shuffled batches (bench/README.md)."""
+    run = batch_size * GROUP_BATCHES
+    full: list[list[int]] = []
+    rest: list[int] = []
+    for start in range(0, len(order), run):
+        chunk = sorted(order[start : start + run], key=lengths.__getitem__)
+        for i in range(0, len(chunk), batch_size):
+            batch = chunk[i : i + batch_size]
+            if len(batch) == batch_size:
+                full.append(batch)
+            else:
+                rest = batch
+    rng.shuffle(full)
+    return [i for batch in full for i in batch] + rest
 
 
 def train(
@@ -475,13 +513,17 @@ def autocast_dtype(precision: str, runtime: Runtime) -> tuple[torch.dtype | None
     return None, f"precision: float32 ({runtime.device} has no native bfloat16)"
 
 
-def layout_for(packing: bool, takes_position_ids: bool) -> tuple[str, str]:
+def layout_for(packing: bool, takes_position_ids: bool, group_by_length: bool = True) -> tuple[str, str]:
     """The batch layout a job trains with, and a line for its events saying why."""
+    grouped = ", examples grouped by length" if group_by_length else ", examples shuffled"
     if not takes_position_ids:
-        return RIGHT_PADDED, "batches: right-padded (the method takes no position ids), logits at every position"
+        return (
+            RIGHT_PADDED,
+            f"batches: right-padded (the method takes no position ids), logits at every position{grouped}",
+        )
     if packing:
         return PACKED, "batches: packed into one row per pass, attention kept within each example"
-    return LEFT_PADDED, "batches: left-padded, logits only where a token is trained"
+    return LEFT_PADDED, f"batches: left-padded, logits only where a token is trained{grouped}"
 
 
 @torch.no_grad()

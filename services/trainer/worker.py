@@ -291,7 +291,7 @@ def run(job_dir: Path, events: Events) -> None:
             f"{len(tokenized['train']) - len(train_examples)} training example(s) lost every assistant token to max_seq_length and were skipped"
         )
 
-    layout, layout_why = training.layout_for(hp.packing, method.capabilities.takes_position_ids)
+    layout, layout_why = training.layout_for(hp.packing, method.capabilities.takes_position_ids, hp.group_by_length)
     test = splits["test"]
     texts = any(isinstance(example, str) for example in splits["train"])
     evaluate = hp.evaluate and bool(test) and not texts

@@ -60,6 +60,13 @@ def create(
         bool | None,
         typer.Option("--packing/--no-packing", help="pack each pass's examples into one row instead of padding"),
     ] = None,
+    group_by_length: Annotated[
+        bool | None,
+        typer.Option(
+            "--group-by-length/--no-group-by-length",
+            help="draw each batch among examples of similar length (default), or fully shuffled",
+        ),
+    ] = None,
     max_seq_length: int | None = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (0: no limit)")] = None,
     checkpoint_every: Annotated[
@@ -93,6 +100,7 @@ def create(
         learning_rate=learning_rate,
         precision=precision,
         packing=packing,
+        group_by_length=group_by_length,
         max_seq_length=max_seq_length,
         max_steps=max_steps,
         checkpoint_every=checkpoint_every,
