@@ -49,3 +49,41 @@ def test_more_processes_than_examples_in_a_batch_is_refused(services, tiny_model
         client.create_job(dataset.name, base_model=str(tiny_model), batch_size=4, processes=8)
     assert refused.value.code == "INVALID_ARGUMENT"
     assert refused.value.violations[0][0] == "hyperparameters.processes"
+
+
+def test_killing_torchrun_takes_its_processes_with_it(services, tiny_model):
+    """torchrun starts each process in a session of its own: SIGKILL to torchrun reaches none
+    of them, so each asks the kernel to kill it when torchrun dies (worker.die_with_torchrun)."""
+    import os
+    import signal
+
+    import psutil
+
+    from tunewright.trainer.runner import WORKER_PID
+
+    client = services.client
+    dataset = client.create_dataset(client.upload_bytes("k.jsonl", ("\n".join(ticket_lines(40)) + "\n").encode()).name)
+    # Long enough that the processes are still training when torchrun is killed.
+    job = client.create_job(dataset.name, base_model=str(tiny_model), processes=2, epochs=100, evaluate=False)
+    pid_file = services.root / "trainer" / "jobs" / job.name.split("/")[1] / WORKER_PID
+    ranks: list[psutil.Process] = []
+    noticed = False
+    try:
+        for event in client.watch_job(job.name):
+            if event.progress and not ranks:
+                launcher = psutil.Process(int(pid_file.read_text()))
+                ranks = launcher.children()
+                assert len(ranks) == 2 and all(r.is_running() for r in ranks)
+                os.kill(launcher.pid, signal.SIGKILL)
+                _, alive = psutil.wait_procs(ranks, timeout=20)
+                assert not alive, f"processes {[p.pid for p in alive]} outlived torchrun"
+            # The trainer sees the end as any killed worker's, and runs the job again.
+            if event.log and "killed by signal 9" in event.log:
+                noticed = True
+                break
+    finally:
+        client.cancel_job(job.name)
+        for rank in ranks:  # only if the test failed: none of ours may outlive it
+            if rank.is_running():
+                rank.kill()
+    assert noticed

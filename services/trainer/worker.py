@@ -9,11 +9,13 @@ stderr, which the trainer keeps as ``JOB_DIR/worker.log``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -415,7 +417,35 @@ def events_fd(given: int | None) -> int:
     return events
 
 
+# prctl(2)'s option for a signal the kernel sends this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_torchrun() -> None:
+    """Under torchrun, has the kernel SIGKILL this process when torchrun dies.
+
+    torchrun starts each process in a session of its own, so when torchrun itself is killed
+    (SIGKILL, the OOM killer) no signal reaches them: they would train on alone, holding the
+    job's event pipe open so that the trainer could not see the job end. A graceful stop
+    (SIGTERM) is forwarded by torchrun and does not need this. Linux only."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("could not ask to die with torchrun", errno=ctypes.get_errno())
+        return
+    # torchrun may have died before the request: then the parent is not (or no longer) it.
+    try:
+        command = Path(f"/proc/{launcher}/cmdline").read_bytes()
+    except OSError:
+        command = b""
+    if os.getppid() != launcher or not (b"torch.distributed.run" in command or b"torchrun" in command):
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_torchrun()
     parser = argparse.ArgumentParser(prog="python -m tunewright.trainer.worker")
     parser.add_argument("job_dir", type=Path)
     parser.add_argument("--events-fd", type=int, help="where to write the events (JSON lines); stderr if not given")
