@@ -431,16 +431,17 @@ def die_with_torchrun() -> None:
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return
     launcher = os.getppid()
+    try:
+        command = Path(f"/proc/{launcher}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"torch.distributed." not in command and b"torchrun" not in command:
+        return  # another launcher, or torchrun already gone and this process adopted
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         log.warning("could not ask to die with torchrun", errno=ctypes.get_errno())
         return
-    # torchrun may have died before the request: then the parent is not (or no longer) it.
-    try:
-        command = Path(f"/proc/{launcher}/cmdline").read_bytes()
-    except OSError:
-        command = b""
-    if os.getppid() != launcher or not (b"torch.distributed.run" in command or b"torchrun" in command):
+    if os.getppid() != launcher:  # torchrun died before the request took effect
         os._exit(1)
 
 
