@@ -52,7 +52,8 @@ def main() -> None:
     method = get_method(load_methods(), "lora")
     torch.manual_seed(0)
     runtime = detect_runtime()
-    model = method.prepare(method.load_base(folder, build_config(method, {}), runtime), build_config(method, {}))
+    config = build_config(method, {})
+    model = method.prepare(method.load_base(folder, config, runtime), config)
     autocast, _ = training.autocast_dtype("auto", runtime)
     lengths = [len(example.input_ids) for example in examples]
     size, steps = args.batch_size, args.steps
