@@ -47,7 +47,7 @@ from tunewright.contract import (
     WorkerEvent,
 )
 from tunewright.core.basemodel import load_tokenizer, resolve_base_model
-from tunewright.core.chat import prompt_and_reference, tokenize_example
+from tunewright.core.chat import AssistantNotFound, TokenizedExample, prompt_and_reference, tokenize_example
 from tunewright.core.errors import TunewrightError
 from tunewright.core.files import write_bytes_atomic, write_lines_atomic
 from tunewright.core.logging import configure_logging
@@ -249,6 +249,18 @@ def join_process_group(events: Events) -> tuple[int, int]:
     return rank, world
 
 
+def tokenize_split(tokenizer, name: str, examples: list, max_seq_length: int) -> list[TokenizedExample]:
+    """A split's examples tokenized for training; a reply the chat template does not write
+    fails the job naming the example."""
+    tokenized = []
+    for number, example in enumerate(examples, start=1):
+        try:
+            tokenized.append(tokenize_example(tokenizer, example, max_seq_length))
+        except AssistantNotFound as error:
+            raise JobFailure(error.reason, f"{name} example {number}: {error.message}") from error
+    return tokenized
+
+
 def run(job_dir: Path, events: Events) -> None:
     spec = read_spec(job_dir)
     hp = spec.hyperparameters
@@ -279,9 +291,7 @@ def run(job_dir: Path, events: Events) -> None:
     model = method.load_base(folder, config, runtime)
     tokenizer = load_tokenizer(folder)
 
-    tokenized = {
-        name: [tokenize_example(tokenizer, c, hp.max_seq_length) for c in convs] for name, convs in splits.items()
-    }
+    tokenized = {name: tokenize_split(tokenizer, name, convs, hp.max_seq_length) for name, convs in splits.items()}
     train_examples = [e for e in tokenized["train"] if e.trained_tokens]
     if not train_examples:
         raise JobFailure(
