@@ -6,20 +6,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunewright.core.families import lora_target_names
 from tunewright.parameters import ParameterError
 
 # peft's name for every linear layer of the model but the output head.
 ALL_LINEAR = "all-linear"
 
 
-def check_target_modules(model: Any, target_modules: list[str]) -> None:
-    """Refuses layer names this model does not have, before peft fails less clearly."""
+def check_target_modules(model: Any, target_modules: list[str]) -> str | list[str]:
+    """The ``target_modules`` peft gets for this model: refuses layer names it does not have,
+    before peft fails less clearly, and maps separate projections onto the fused layers of
+    families that fuse them (``tunewright.core.families``)."""
     if target_modules == [ALL_LINEAR]:
-        return
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in target_modules if m not in present]
+        return ALL_LINEAR
+    layers = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets, missing = lora_target_names(layers, target_modules)
     if missing:
         raise ValueError(f"target_modules {missing} are not layers of this model")
+    return targets
 
 
 def check_target_names(field: str, target_modules: list[str]) -> None:

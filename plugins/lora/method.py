@@ -18,15 +18,16 @@ from tunewright.plugins.peft_adapters import (
 )
 
 
-def peft_lora_config(config: LoraConfig) -> Any:
-    """The peft config for ``config``; qlora uses it too."""
+def peft_lora_config(config: LoraConfig, targets: str | list[str] | None = None) -> Any:
+    """The peft config for ``config``, on ``targets`` as check_target_modules resolved them
+    for the model; qlora uses it too."""
     import peft
 
     return peft.LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=peft_targets(config.target_modules),
+        target_modules=targets or peft_targets(config.target_modules),
         task_type="CAUSAL_LM",
     )
 
@@ -46,8 +47,8 @@ class LoraMethod:
     def prepare(self, model: Any, config: LoraConfig) -> Any:
         import peft
 
-        check_target_modules(model, config.target_modules)
-        return peft.get_peft_model(model, peft_lora_config(config))
+        targets = check_target_modules(model, config.target_modules)
+        return peft.get_peft_model(model, peft_lora_config(config, targets))
 
     def save(self, model: Any, config: LoraConfig, directory: Path) -> None:
         save_adapter(model, directory)

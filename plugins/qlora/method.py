@@ -22,7 +22,9 @@ CPU = Runtime("cpu", bf16=False)
 
 def load_quantized(folder: Path, config: QloraConfig, runtime: Runtime) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    from tunewright.core.families import attention_implementation
 
     compute_dtype = runtime.compute_dtype if config.compute_dtype == "auto" else getattr(torch, config.compute_dtype)
     quantization = BitsAndBytesConfig(
@@ -33,13 +35,16 @@ def load_quantized(folder: Path, config: QloraConfig, runtime: Runtime) -> Any:
     )
     # Weights are read as float32 before quantization whatever the compute precision, so
     # that the training worker and a later merge quantize the same numbers the same way.
+    base_config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         folder,
+        config=base_config,
         quantization_config=quantization,
         dtype=torch.float32,
         device_map=runtime.device,
         use_safetensors=True,
         trust_remote_code=False,
+        attn_implementation=attention_implementation(base_config),
     )
     return keep_one_layout(release_checkpoint(model))
 
@@ -107,8 +112,8 @@ class QloraMethod:
     def prepare(self, model: Any, config: QloraConfig) -> Any:
         import peft
 
-        check_target_modules(model, config.target_modules)
-        return peft.get_peft_model(_for_kbit_training(model, config), peft_lora_config(config))
+        targets = check_target_modules(model, config.target_modules)
+        return peft.get_peft_model(_for_kbit_training(model, config), peft_lora_config(config, targets))
 
     def save(self, model: Any, config: QloraConfig, directory: Path) -> None:
         save_adapter(model, directory)

@@ -21,7 +21,6 @@ from tunewright.plugins.peft_adapters import (
     check_target_modules,
     load_adapter,
     merge_adapter,
-    peft_targets,
     save_adapter,
 )
 from tunewright.plugins.unsloth.config import UnslothConfig
@@ -70,13 +69,13 @@ class UnslothMethod:
     def prepare(self, model: Any, config: UnslothConfig) -> Any:
         import torch
 
-        check_target_modules(model, config.target_modules)
+        targets = check_target_modules(model, config.target_modules)
         return _fast_language_model().get_peft_model(
             model,
             r=config.r,
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
-            target_modules=peft_targets(config.target_modules),
+            target_modules=targets,
             use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
             random_state=torch.initial_seed(),  # the job's seed, which the worker set
         )
