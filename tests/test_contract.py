@@ -119,8 +119,8 @@ def test_a_serve_database_from_before_formats_keeps_its_models(tmp_path):
         None,
         [("Modelfile", 10)],
     )
-    assert (old.gguf, old.chat_template, old.notes, old.pushes) == (None, None, [], [])
+    assert (old.gguf, old.chat_template, old.notes, old.pushes, old.system_prompt) == (None, None, [], [], None)
     assert store.by_request("req-1") == old
     reopened = ModelStore(path)  # migrations run once
     assert reopened.get("old") == old
-    assert reopened.db.query_one("PRAGMA user_version")[0] == 2
+    assert reopened.db.query_one("PRAGMA user_version")[0] == 3

@@ -50,7 +50,10 @@ def test_export_writes_merged_safetensors_tokenizer_and_modelfile(services, expo
     assert exported.verification.tolerance == pytest.approx(1e-4)
     assert 0 <= exported.verification.max_kl_divergence <= exported.verification.tolerance
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
-    assert 'SYSTEM """You are a tiny test model."""' in modelfile
+    # Every training ticket opens with the same instruction: it replaces the template's
+    # default ("You are a tiny test model.").
+    instruction = json.loads(ticket_lines(1)[0])["messages"][0]["content"]
+    assert f'SYSTEM """{instruction}"""' in modelfile and exported.system_prompt == instruction
     again = services.client.serve.ExportModel(pb.ExportModelRequest(request_id="export-1", job=trained_job)).model
     assert again.name == exported.name
     listed = [m.name for m in services.client.serve.ListModels(pb.ListModelsRequest()).models]

@@ -395,16 +395,20 @@ class Client:
         options: dict[str, str] | None = None,
         model_id: str = "",
         request_id: str = "",
+        system_prompt: str | None = None,
     ) -> Model:
         """Exports a finished job, or a checkpoint of any job ("jobs/J/checkpoints/STEP",
         ``list_checkpoints``): ``format`` "gguf", "safetensors", or "" for the best the
-        method allows; ``options`` are the format's (``type`` = f16/q8_0/bf16 for gguf)."""
+        method allows; ``options`` are the format's (``type`` = f16/q8_0/bf16 for gguf).
+        ``system_prompt``: what a chat without a system message gets; None for the one the
+        job's training data shared (else the base model's), "" for the base model's."""
         request = serve_pb.ExportModelRequest(
             request_id=request_id or uuid.uuid4().hex,
             job=full_name("jobs", job),
             model_id=model_id,
             format=format,
             options={k: str(v) for k, v in (options or {}).items()},
+            system_prompt=system_prompt,
         )
         return Model.from_pb(self._call("serve", self.serve.ExportModel, request, timeout=900).model)
 

@@ -126,6 +126,11 @@ class Manifest(_Frozen):
     # JSON-mapped): its source file's sha256, format, cleaning options, split seed and
     # statistics, so that a model can be traced back to its data.
     dataset: dict[str, Any] | None = None
+    # The system prompt the training data shared (the first message of at least
+    # SHARED_SYSTEM_SHARE of the training conversations) and the share that had it; the
+    # export makes it the model's default. None: the data shared none.
+    system_prompt: str | None = None
+    system_prompt_share: float | None = None
 
 
 # Worker events, tagged by "kind" on the wire.

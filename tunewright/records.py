@@ -397,6 +397,8 @@ class Model:
     # The largest KL divergence of the export from the trained model on the probe, and the bound.
     max_kl_divergence: float | None = None
     kl_tolerance: float | None = None
+    # What a chat without a system message gets (the Modelfile's SYSTEM); "" for none.
+    system_prompt: str = ""
 
     @classmethod
     def from_pb(cls, m: serve_pb.Model) -> Model:
@@ -416,6 +418,7 @@ class Model:
             create_time=_time(m.create_time),
             max_kl_divergence=m.verification.max_kl_divergence if verified else None,
             kl_tolerance=m.verification.tolerance if verified else None,
+            system_prompt=m.system_prompt,
         )
 
 

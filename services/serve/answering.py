@@ -53,6 +53,9 @@ class Answerer:
         self, record: ModelRecord, messages: list[dict[str, str]], options: Options
     ) -> tuple[str, Iterator[Piece]]:
         name, engine = self.engine(record)
+        if record.system_prompt and (not messages or messages[0]["role"] != "system"):
+            # As Ollama does with the Modelfile's SYSTEM.
+            messages = [{"role": "system", "content": record.system_prompt}, *messages]
         return name, engine.chat(record, messages, options)
 
     def generate(self, record: ModelRecord, prompt: str, options: Options) -> tuple[str, Iterator[Piece]]:

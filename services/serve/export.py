@@ -10,6 +10,7 @@ probe before anything is stored."""
 
 from __future__ import annotations
 
+
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import re
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -209,14 +210,28 @@ class Exporter:
         return [*self.formats, ATTACHED]
 
     def export(
-        self, request_id: str, job: str, model_id: str, format: str = "", options: dict[str, str] | None = None
+        self,
+        request_id: str,
+        job: str,
+        model_id: str,
+        format: str = "",
+        options: dict[str, str] | None = None,
+        system_prompt: str | None = None,
     ) -> ModelRecord:
+        """``system_prompt``: the model's default system prompt; None for the one the job's
+        training data shared, if any; "" for the base model's own."""
         # The lock also makes a retry wait for the first attempt, then find its result.
         with self._lock:
-            return self._export_locked(request_id, job, model_id, format, options or {})
+            return self._export_locked(request_id, job, model_id, format, options or {}, system_prompt)
 
     def _export_locked(
-        self, request_id: str, job: str, model_id: str, format: str, options: dict[str, str]
+        self,
+        request_id: str,
+        job: str,
+        model_id: str,
+        format: str,
+        options: dict[str, str],
+        system_prompt: str | None,
     ) -> ModelRecord:
         if existing := self.store.by_request(request_id):
             return existing
@@ -245,7 +260,7 @@ class Exporter:
         plan = self._plan(job_name, checkpoint, format, options)
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".export-"))
         try:
-            return self._export(staging, request_id, job, model_id, plan)
+            return self._export(staging, request_id, job, model_id, plan, system_prompt)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -305,7 +320,9 @@ class Exporter:
             return name
         return ATTACHED
 
-    def _export(self, staging: Path, request_id: str, job: str, model_id: str, plan: Plan) -> ModelRecord:
+    def _export(
+        self, staging: Path, request_id: str, job: str, model_id: str, plan: Plan, system_prompt: str | None
+    ) -> ModelRecord:
         method = plan.method
         artifact = staging / ARTIFACT
         fetch_artifact(self.trainer_address, job, artifact)
@@ -319,10 +336,13 @@ class Exporter:
                 reason="METHOD_PARAMETERS_REFUSED",
             ) from error
         tokenizer = load_tokenizer(plan.base_folder)
+        system, system_note = _system_prompt(manifest, system_prompt)
         trained = artifact / manifest.trained
         out = staging / "model"
         out.mkdir()
-        template = None
+        template = ollama_template(tokenizer)
+        if system:
+            template = replace(template, default_system=system)
         if plan.layout is None:
             log.info("attaching", job=job, method=method.name, base_model=manifest.base_model)
             rebuilt = method.load_trained(plan.base_folder, config, trained, detect_runtime(), trainable=False)
@@ -331,7 +351,6 @@ class Exporter:
             shutil.copy2(artifact / MANIFEST, out / MANIFEST)
             exported = Exported()
         else:
-            template = ollama_template(tokenizer)
             log.info("merging", job=job, method=method.name, base_model=manifest.base_model, format=plan.format)
             merged = method.merge(plan.base_folder, config, trained)
             difference, tolerance = verify(merged, artifact, manifest, job, "merged")
@@ -364,7 +383,8 @@ class Exporter:
             tolerance=tolerance,
             gguf=exported.gguf,
             chat_template=template,
-            notes=exported.notes,
+            notes=[*exported.notes, *([system_note] if system_note else [])],
+            system_prompt=system,
         )
         self.store.add(record, request_id)
         return record
@@ -397,6 +417,20 @@ class Exporter:
             )
             self.store.add_push(record.id, PushRecord(target_name, pushed.address, pushed.remote_name, now()))
         return self.store.get(record.id), pushed.notes
+
+
+def _system_prompt(manifest: Manifest, given: str | None) -> tuple[str | None, str]:
+    """(the model's default system prompt, or None for the base model's own; a note saying
+    where it came from)."""
+    if given:
+        return given, "The default system prompt is the one given at export."
+    if given is None and manifest.system_prompt:
+        return manifest.system_prompt, (
+            f"The default system prompt (Modelfile SYSTEM, and this service's for a chat without one) is the one "
+            f"{manifest.system_prompt_share:.0%} of the training examples open with, so a bare user message gets "
+            f"what the model learned: {manifest.system_prompt[:80]!r}. Export with system_prompt to change it."
+        )
+    return None, ""
 
 
 def _architecture(folder: Path) -> str:

@@ -42,6 +42,8 @@ def model_pb(record: ModelRecord) -> pb.Model:
         ),
         template_family=(record.chat_template.family or "") if record.chat_template else "",
         notes=record.notes,
+        system_prompt=record.system_prompt
+        or ((record.chat_template.default_system or "") if record.chat_template else ""),
         pushes=[
             pb.Push(
                 target=p.target,
@@ -106,7 +108,12 @@ class ServeServicer(pb_grpc.ServeServiceServicer):
     def ExportModel(self, request, context):
         try:
             record = self.exporter.export(
-                request.request_id, request.job, request.model_id, request.format, dict(request.options)
+                request.request_id,
+                request.job,
+                request.model_id,
+                request.format,
+                dict(request.options),
+                request.system_prompt if request.HasField("system_prompt") else None,
             )
         except Exception:
             self.metrics.exports.labels(request.format or "default", "error").inc()

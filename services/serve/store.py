@@ -57,6 +57,11 @@ MIGRATIONS = (
         PRIMARY KEY (model_id, seq)
     )
     """,
+    # 3: the system prompt the model gets when a chat has none, where it is not the base
+    # model's own (the training data's shared one, or one given at export).
+    """
+    ALTER TABLE models ADD COLUMN system_prompt TEXT
+    """,
 )
 
 # The format that keeps what was trained apart from the base; the others are export plugins.
@@ -92,6 +97,8 @@ class ModelRecord:
     # The template, system prompt and stops sent to Ollama.
     chat_template: OllamaTemplate | None = None
     notes: list[str] = field(default_factory=list)
+    # The system prompt a chat without one gets, where it is not the base model's own.
+    system_prompt: str | None = None
     # Newest last.
     pushes: list[PushRecord] = field(default_factory=list)
 
@@ -124,6 +131,7 @@ def _model(row, pushes: list[PushRecord]) -> ModelRecord:
         gguf=row["gguf"],
         chat_template=_template_from_json(row["chat_template"]),
         notes=json.loads(row["notes"]),
+        system_prompt=row["system_prompt"],
         pushes=pushes,
     )
 
@@ -157,8 +165,8 @@ class ModelStore:
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM models").fetchone()[0]
             conn.execute(
                 "INSERT INTO models (id, seq, job, base_model, method, directory, files, modelfile, request_id,"
-                " create_time, format, method_parameters, max_divergence, tolerance, gguf, chat_template, notes)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " create_time, format, method_parameters, max_divergence, tolerance, gguf, chat_template, notes,"
+                " system_prompt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     seq,
@@ -177,6 +185,7 @@ class ModelStore:
                     record.gguf,
                     _template_json(record.chat_template),
                     json.dumps(record.notes),
+                    record.system_prompt,
                 ),
             )
 

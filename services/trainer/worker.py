@@ -47,7 +47,13 @@ from tunewright.contract import (
     WorkerEvent,
 )
 from tunewright.core.basemodel import load_tokenizer, resolve_base_model
-from tunewright.core.chat import AssistantNotFound, TokenizedExample, prompt_and_reference, tokenize_example
+from tunewright.core.chat import (
+    AssistantNotFound,
+    TokenizedExample,
+    prompt_and_reference,
+    shared_system_prompt,
+    tokenize_example,
+)
 from tunewright.core.errors import TunewrightError
 from tunewright.core.files import write_bytes_atomic, write_lines_atomic
 from tunewright.core.logging import configure_logging
@@ -167,10 +173,11 @@ def evaluate_base(
 
 
 def build_artifact(
-    model, method: Method, config, spec: JobSpec, tokenizer, probe_conversation, staging: Path, dataset: dict
+    model, method: Method, config, spec: JobSpec, tokenizer, splits: dict[str, list], staging: Path, dataset: dict
 ) -> None:
     """Writes into ``staging`` what the method trained, the probe and the manifest: what
-    the serve service exports."""
+    the serve service exports. The manifest names the system prompt the training data
+    shared, which the export makes the model's default."""
     from tunewright.core import probe
 
     kind = method.capabilities.artifact_kind
@@ -178,8 +185,9 @@ def build_artifact(
     method.save(model, config, staging / kind.folder)
     # The probe: what the trained model computes on one held-out example, for whoever
     # rebuilds it from this artifact to check against.
-    probe_input = probe.probe_ids(tokenizer, probe_conversation)
+    probe_input = probe.probe_ids(tokenizer, probe_conversation(splits))
     probe_dtype = probe.compute_dtype(model)
+    shared = shared_system_prompt(splits["train"])
     probe.write_probe(staging / PROBE, probe_input, probe.logits_at(model.eval(), probe_input))
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -192,6 +200,8 @@ def build_artifact(
         trained=kind.folder,
         probe=Probe(file=PROBE, compute_dtype=probe_dtype, tolerance=probe.TOLERANCE[probe_dtype]),
         dataset=dataset,
+        system_prompt=shared[0] if shared else None,
+        system_prompt_share=shared[1] if shared else None,
     )
     write_bytes_atomic(staging / MANIFEST, contract.to_json(manifest))
 
@@ -227,7 +237,7 @@ def build_checkpoint_artifact(job_dir: Path, step: int, events: Events) -> None:
     events.log(f"building the artifact of the checkpoint at step {step}")
     staging = found.path / f".{ARTIFACT}.tmp"
     dataset = fetch_dataset_record(spec.data_service, spec.dataset)
-    build_artifact(model, method, config, spec, load_tokenizer(folder), probe_conversation(splits), staging, dataset)
+    build_artifact(model, method, config, spec, load_tokenizer(folder), splits, staging, dataset)
     shutil.rmtree(found.path / ARTIFACT, ignore_errors=True)
     staging.rename(found.path / ARTIFACT)
 
@@ -281,6 +291,11 @@ def run(job_dir: Path, events: Events) -> None:
     events.log(f"reading {spec.dataset} from the data service")
     splits = fetch_splits(spec.data_service, spec.dataset)
     events.log("examples: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    if shared := shared_system_prompt(splits["train"]):
+        events.log(
+            f"{shared[1]:.0%} of the training examples open with the same system prompt; exports of this job "
+            f"make it the model's default system prompt: {shared[0][:80]!r}"
+        )
 
     try:
         folder = resolve_base_model(spec.base_model, Path(spec.model_cache))
@@ -387,7 +402,7 @@ def run(job_dir: Path, events: Events) -> None:
 
     staging = job_dir / f".{ARTIFACT}.tmp"
     dataset = fetch_dataset_record(spec.data_service, spec.dataset)
-    build_artifact(model, method, config, spec, tokenizer, probe_conversation(splits), staging, dataset)
+    build_artifact(model, method, config, spec, tokenizer, splits, staging, dataset)
     if hp.evaluate and test and texts:
         loss = training.mean_loss(model, tokenized["test"], tokenizer.pad_token_id, layout=layout)
         events.log(f"test loss of the fine-tuned model: {loss:.4f}")

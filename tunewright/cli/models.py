@@ -21,6 +21,7 @@ def show_model(model: Model) -> None:
         ("job", model.job),
         ("method / base", f"{model.method} on {model.base_model}"),
         ("format", model.format + (f" ({model.template_family} template)" if model.template_family else "")),
+        ("system prompt", model.system_prompt or "(none)"),
         ("directory", model.directory),
         ("files", ", ".join(f"{p} ({s / 2**20:.1f} MiB)" for p, s in model.files.items())),
         ("created", when(model.create_time)),
@@ -46,6 +47,13 @@ def export(
         list[str] | None, typer.Option("--option", "-o", help="format option NAME=VALUE, repeatable (type=q8_0)")
     ] = None,
     id: Annotated[str, typer.Option("--id", help="the model's id (default: the job's)")] = "",
+    system: Annotated[
+        str | None,
+        typer.Option(
+            help="the system prompt a chat without one gets (default: the one the training data shared, "
+            "else the base model's; '' for the base model's)"
+        ),
+    ] = None,
     ollama: Annotated[bool, typer.Option("--ollama", help="then register it with Ollama")] = False,
     ollama_host: Annotated[
         str | None, typer.Option(help="Ollama's address [env: OLLAMA_HOST; default http://127.0.0.1:11434]")
@@ -55,7 +63,13 @@ def export(
 ) -> None:
     """Export a finished job as a model the serve service (and Ollama) can run."""
     c = client(ctx)
-    model = c.export_model(job, format=format, options=name_value_pairs(option, "--option", "type=q8_0"), model_id=id)
+    model = c.export_model(
+        job,
+        format=format,
+        options=name_value_pairs(option, "--option", "type=q8_0"),
+        model_id=id,
+        system_prompt=system,
+    )
     if ollama:
         options = {"name": ollama_name or f"tunewright-{model.name.split('/')[-1]}"}
         host = ollama_host or os.environ.get("OLLAMA_HOST")

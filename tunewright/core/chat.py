@@ -4,6 +4,7 @@ finding the tokens that end a turn."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,22 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 
+# A system prompt that opens at least this share of the training conversations is the
+# model's: it answers a bare user message as it learned to answer under that prompt.
+SHARED_SYSTEM_SHARE = 0.8
+
 # Tokens that templates in the wild use to close a turn.
-KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
+KNOWN_END_OF_TURN = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "</s>",
+    "<|endoftext|>",
+    "<|end_of_text|>",  # IBM Granite
+    "<｜end▁of▁sentence｜>",  # DeepSeek
+    "<|END_OF_TURN_TOKEN|>",  # Command-R
+)
 
 Message = dict[str, str]
 
@@ -194,3 +209,17 @@ def prompt_and_reference(messages: list[Message]) -> tuple[list[Message], str]:
     """Splits a conversation at its last assistant turn: what the model sees, what it should say."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[:last], messages[last]["content"]
+
+
+def shared_system_prompt(examples: list[list[Message] | str]) -> tuple[str, float] | None:
+    """(the system prompt, the share of ``examples`` that open with it) when at least
+    SHARED_SYSTEM_SHARE of them open with the same one; else None. Texts count as
+    conversations without one."""
+    if not examples:
+        return None
+    counts = Counter(e[0]["content"] for e in examples if not isinstance(e, str) and e and e[0]["role"] == "system")
+    if not counts:
+        return None
+    prompt, count = counts.most_common(1)[0]
+    share = count / len(examples)
+    return (prompt, share) if share >= SHARED_SYSTEM_SHARE and prompt.strip() else None
