@@ -9,12 +9,17 @@ behaviour picks it), the embedded Jinja chat template, ``general.file_type``. It
 its own process and puts its own ``gguf-py`` first on the path, so the installed ``gguf``
 package cannot shadow the version it was written against.
 
-Only the Llama family is exported for now; other architectures are refused before any
-work, with the format to use instead.
+Every architecture the converter converts is exported; the list is the converter's own
+(``TEXT_MODEL_MAP`` in its ``conversion`` package), so a newer llama.cpp brings its new
+architectures with it. Another architecture is refused before any merge is paid for, with
+the format to use instead. What differs between families (tied embeddings, Gemma's
+embedding scale, fused projections) is the converter's business; what training needs to
+know about them is in ``tunewright.core.families``.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
@@ -29,9 +34,19 @@ from tunewright.core.errors import FailedPrecondition
 from tunewright.exporters import Exported, MergedModel
 from tunewright.serve.modelfile import modelfile_text
 
-# Architectures whose conversion and serving were checked end to end (tests/test_gguf.py).
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 TYPES = ("f16", "q8_0", "bf16")
+# Named in the refusal of an architecture the converter does not know, as examples.
+COMMON = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Phi3ForCausalLM",
+    "GraniteForCausalLM",
+    "Olmo2ForCausalLM",
+)
 FILE = "model.gguf"
 CONVERTER_ENV = "TUNEWRIGHT_LLAMA_CPP"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
@@ -59,18 +74,23 @@ class GgufFormat:
     config_class = GgufOptions
 
     def check(self, base_folder: Path, config: GgufOptions) -> None:
-        architecture = (json.loads((base_folder / "config.json").read_text()).get("architectures") or ["?"])[0]
-        if architecture not in SUPPORTED_ARCHITECTURES:
-            raise FailedPrecondition(
-                f"GGUF export supports the Llama family ({', '.join(SUPPORTED_ARCHITECTURES)}) for now, not "
-                f"{architecture}; export with format 'safetensors' instead",
-                reason="UNSUPPORTED_ARCHITECTURE",
-            )
         if not (converter_folder() / "convert_hf_to_gguf.py").is_file():
             raise FailedPrecondition(
                 f"llama.cpp's converter is not at {converter_folder()}; run `make install`, or set "
                 f"{CONVERTER_ENV} to a llama.cpp checkout",
                 reason="GGUF_CONVERTER_MISSING",
+            )
+        architecture = (json.loads((base_folder / "config.json").read_text()).get("architectures") or ["?"])[0]
+        supported = supported_architectures(converter_folder())
+        if architecture not in supported:
+            raise FailedPrecondition(
+                f"llama.cpp's converter does not convert {architecture}, so it cannot be exported as GGUF; "
+                f"export with format 'safetensors' instead. It converts {len(supported)} architectures (all in "
+                f"this error's 'supported' metadata; or run {converter_folder() / 'convert_hf_to_gguf.py'} "
+                "--print-supported-models), among them "
+                + ", ".join(a for a in COMMON if a in supported),
+                reason="UNSUPPORTED_ARCHITECTURE",
+                metadata={"architecture": architecture, "supported": ",".join(supported)},
             )
         problem = _vocabulary_problem(base_folder)
         if problem:
@@ -104,6 +124,27 @@ def _convert(source: Path, outfile: Path, arguments: list[str]) -> subprocess.Co
     env = {key: value for key, value in os.environ.items() if key != "NO_LOCAL_GGUF"}
     env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run([*command, *arguments], env=env, capture_output=True, text=True, check=False)
+
+
+@functools.cache
+def supported_architectures(folder: Path) -> tuple[str, ...]:
+    """The Hugging Face architectures (``config.json``'s ``architectures``) the converter in
+    ``folder`` converts to a text model.
+
+    Read from the dict literal ``TEXT_MODEL_MAP`` in its ``conversion/__init__.py``, which
+    takes milliseconds; importing the package (or ``--print-supported-models``) imports torch
+    and every model module, about 4 s. A converter laid out otherwise is asked with
+    ``--print-supported-models``."""
+    package = folder / "conversion" / "__init__.py"
+    if package.is_file():
+        for node in ast.walk(ast.parse(package.read_text())):
+            if isinstance(node, ast.AnnAssign | ast.Assign) and "TEXT_MODEL_MAP" in ast.unparse(node).split("=")[0]:
+                return tuple(sorted(ast.literal_eval(node.value)))
+    command = [sys.executable, str(folder / "convert_hf_to_gguf.py"), "--print-supported-models"]
+    printed = subprocess.run(command, capture_output=True, text=True, check=False)
+    # It logs "TEXT models:" then one "  - Name" line per architecture, then "MMPROJ models:".
+    text = (printed.stdout + printed.stderr).partition("TEXT models:")[2].partition("MMPROJ models:")[0]
+    return tuple(sorted(line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")))
 
 
 def _last_lines(result: subprocess.CompletedProcess) -> str:
