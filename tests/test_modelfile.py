@@ -34,6 +34,8 @@ FAMILIES = {
     "smollm2-135m-instruct": "chatml",
     "qwen2-7b-instruct": "chatml",
     "qwen2.5-72b-instruct": "chatml",
+    # ChatML with think blocks: renders as ChatML, but drops the reasoning from earlier replies.
+    "qwen3-0.6b": "chatml",
     "meta-llama-3-8b-instruct": "llama3",
     "llama-3.1-8b-instruct": "llama3",
     # Writes today's date into every prompt, which a Go template cannot compute.
@@ -43,6 +45,17 @@ FAMILIES = {
     "mistral-large-instruct-2407": "mistral",
     "gemma-2-2b-it": "gemma",
     "phi-3.5-mini-instruct": "phi3",
+    # The first Phi-3 template: leaves system messages out.
+    "phi-3-mini-4k-instruct": "phi3",
+    "tinyllama-1.1b-chat-v1.0": "zephyr",
+    "granite-3.0-8b-instruct": "granite",
+    # Writes today's date into its default system prompt.
+    "granite-3.3-2b-instruct": None,
+    "granite-4.0": "granite",
+    "olmo-2-1124-13b-instruct": "olmo2",
+    "deepseek-r1-distill-llama-8b": "deepseek",
+    "deepseek-v3.1": "deepseek",
+    "c4ai-command-r-plus": "command-r",
 }
 TRANSLATED = [name for name, family in FAMILIES.items() if family]
 
@@ -181,6 +194,10 @@ def test_a_system_message_joins_the_first_user_message_where_the_template_refuse
         ("qwen2.5-72b-instruct", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
         ("meta-llama-3-8b-instruct", None),
         ("gemma-2-2b-it", None),
+        ("granite-4.0", "You are a helpful assistant. Please ensure responses are professional, accurate, and safe."),
+        ("granite-3.0-8b-instruct", None),
+        ("deepseek-r1-distill-llama-8b", None),
+        ("c4ai-command-r-plus", None),
     ],
 )
 def test_the_default_system_prompt_is_what_the_template_writes_without_one(name, default_system):
@@ -196,7 +213,8 @@ def test_the_go_template_leaves_out_the_bos_the_engine_adds(name):
     # SmolLM2's BOS is <|im_start|>, which ChatML writes as a turn marker, not as a BOS.
     if bos and jinja.startswith(bos) and template.family != "chatml":
         assert template.bos_text == bos
-        assert bos not in template.template
+        # OLMo 2's BOS is also its EOS, which the Go template writes after each reply.
+        assert not render_like_ollama(template, CONVERSATIONS["multi-turn"]).startswith(bos)
     else:
         assert template.bos_text is None
 
@@ -219,6 +237,11 @@ def test_stops_hold_every_end_of_turn_token_the_template_writes(name):
         ("mistral-large-instruct-2407", ["[INST]", "[/INST]", "</s>"]),
         ("gemma-2-2b-it", ["<start_of_turn>", "<end_of_turn>"]),
         ("phi-3.5-mini-instruct", ["<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"]),
+        ("tinyllama-1.1b-chat-v1.0", ["<|system|>", "<|user|>", "<|assistant|>", "</s>"]),
+        ("granite-4.0", ["<|start_of_role|>", "<|end_of_text|>"]),
+        ("olmo-2-1124-13b-instruct", ["<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"]),
+        ("deepseek-v3.1", ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"]),
+        ("c4ai-command-r-plus", ["<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>"]),
     ],
 )
 def test_stops_add_the_turn_markers_ollama_ships(name, stops):
@@ -259,14 +282,63 @@ def test_a_template_of_no_known_format_is_exported_without_a_go_template():
         render_like_ollama(template, CONVERSATIONS["user"])
 
 
-def test_a_template_that_dates_the_prompt_today_is_left_to_ollama():
-    template = ollama_template(load("llama-3.2-3b-instruct"))
+@pytest.mark.parametrize(
+    "name, end_of_turn", [("llama-3.2-3b-instruct", "<|eot_id|>"), ("granite-3.3-2b-instruct", "<|end_of_text|>")]
+)
+def test_a_template_that_dates_the_prompt_today_is_left_to_ollama(name, end_of_turn):
+    template = ollama_template(load(name))
     assert template.template is None
     assert "today's date" in template.note
-    assert "<|eot_id|>" in template.stops
+    assert end_of_turn in template.stops
 
 
-@pytest.mark.parametrize("name", ["meta-llama-3-8b-instruct", "gemma-2-2b-it"])
+def test_a_template_that_leaves_system_messages_out_is_matched_and_says_so(go_render):
+    tokenizer = load("phi-3-mini-4k-instruct")
+    template = ollama_template(tokenizer)
+    messages = CONVERSATIONS["system multi-turn"]
+    go = go_render(template.template, messages, template.default_system)
+    assert "Be terse." not in go and "<|system|>" not in go
+    assert render(tokenizer, messages, generation_prompt=True) == template.bos_text + go
+    assert "leaves system messages out" in template.note
+
+
+REASONING_REPLY = "<think>\nThe status page says so.\n</think>\n\nYes, since 09:00."
+
+
+@pytest.mark.parametrize("name", ["qwen3-0.6b", "deepseek-r1-distill-llama-8b", "deepseek-v3.1"])
+def test_reasoning_dropped_from_earlier_replies_is_the_known_difference(name, go_render):
+    """A Go template cannot cut a reply's <think> block out, as these templates do; the note says so."""
+    tokenizer = load(name)
+    template = ollama_template(tokenizer)
+    messages = [*CONVERSATIONS["multi-turn"]]
+    messages[1] = {"role": "assistant", "content": REASONING_REPLY}
+    jinja = render(tokenizer, messages, generation_prompt=True)
+    go = go_render(template.template, messages, template.default_system)
+    assert "The status page says so." not in jinja and "The status page says so." in go
+    assert "drops the reasoning" in template.note
+    # Without reasoning in the reply, the two agree.
+    messages[1] = {"role": "assistant", "content": "Yes, since 09:00."}
+    go = go_render(template.template, messages, template.default_system)
+    assert render(tokenizer, messages, generation_prompt=True) == (template.bos_text or "") + go
+
+
+def test_a_template_that_keeps_one_of_several_system_messages_says_so(go_render):
+    """DeepSeek-R1 writes only the last system message; Ollama's .System holds them all."""
+    tokenizer = load("deepseek-r1-distill-llama-8b")
+    template = ollama_template(tokenizer)
+    messages = [
+        *CONVERSATIONS["system multi-turn"][:3],
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Why?"},
+    ]
+    jinja = render(tokenizer, messages, generation_prompt=True)
+    go = go_render(template.template, messages, template.default_system)
+    assert "Be terse." not in jinja and go.startswith("Be terse.\n\nBe kind.")
+    assert "more than one system message" in template.note
+    assert "more than one system message" not in ollama_template(load("deepseek-v3.1")).note
+
+
+@pytest.mark.parametrize("name", ["meta-llama-3-8b-instruct", "gemma-2-2b-it", "c4ai-command-r-plus"])
 def test_templates_that_trim_contents_say_so(name, go_render):
     """Ollama's templates cannot trim, so surrounding whitespace is the one known difference."""
     tokenizer = load(name)

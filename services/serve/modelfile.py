@@ -3,11 +3,14 @@ Jinja chat template.
 
 Ollama renders a chat with a Go ``text/template`` and stops generating at its stop strings; a
 Hugging Face tokenizer carries a Jinja template instead. Here the Jinja template is rendered
-on a few probe conversations, and each chat format tunewright knows (ChatML, Llama 3,
-Mistral ``[INST]``, Gemma, Phi-3) is checked against what it produced: the format whose
-rendering equals the Jinja rendering of every probe is the model's, and its Go template is
-written with what the probes revealed (the default system prompt, Mistral's spacing, Llama
-3.1's system preamble).
+on a few probe conversations, and each chat format tunewright knows is checked against what
+it produced: ChatML (Qwen 2 to 3, SmolLM2), Llama 3, Mistral ``[INST]``, Gemma, Phi-3 (with
+the early Phi-3 templates that leave system messages out), Zephyr (TinyLlama), Granite
+(IBM Granite 3 and 4), OLMo 2 (and Tülu 3), DeepSeek (V3, R1 and its distills) and
+Command-R. The format whose rendering equals the Jinja rendering of every probe is the
+model's, and its Go template is written with what the probes revealed (the default system
+prompt, Mistral's spacing, Llama 3.1's system preamble, the EOS text that closes Zephyr's
+turns and OLMo 2's replies, what DeepSeek writes after ``<｜Assistant｜>``).
 
 Invariants:
 - A format is recognised by rendering, never by the model's name or the template's text.
@@ -18,8 +21,12 @@ Invariants:
   a Go template that wrote the BOS text too would give the model two.
 - Message contents go through as they are: Ollama's templates have no trim, so a template
   that trims contents matches only contents without surrounding whitespace (``note`` says so).
+  Likewise for what else a Go template cannot do and a further probe shows the template
+  doing: dropping the reasoning (``<think>...</think>``) from earlier replies (Qwen3,
+  DeepSeek-R1) and keeping only one of several system messages; ``note`` says so.
 - A template that matches no known format gets no Go template (``template is None``): Ollama
-  then renders the Jinja template embedded in the GGUF, and ``note`` says why.
+  then renders the Jinja template embedded in the GGUF, and ``note`` says why. So does one
+  that writes today's date (Llama 3.2, Granite 3.3), which a Go template cannot compute.
 - Stops hold every end-of-turn token the template writes and the vocabulary holds, plus the
   turn markers Ollama ships as stops for the format.
 """
@@ -187,18 +194,155 @@ class Gemma:
 
 @dataclass(frozen=True)
 class Phi3:
+    """Phi-3's turns. The first Phi-3 templates (Phi-3 mini and medium until mid 2024) write
+    only user and assistant turns, leaving system messages out."""
+
     name = "phi3"
     title = "Phi-3"
     stops = ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
+    drops_system: bool = False
 
     def go_template(self) -> str:
-        return "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"
+        turn = "<|{{ .Role }}|>\n{{ .Content }}<|end|>\n"
+        if self.drops_system:
+            turn = f'{{{{ if or (eq .Role "user") (eq .Role "assistant") }}}}{turn}{{{{ end }}}}'
+        return f"{{{{- range .Messages }}}}{turn}{{{{ end }}}}<|assistant|>\n"
 
     def render(self, system: str, messages: list[Message]) -> str:
-        return "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages) + "<|assistant|>\n"
+        kept = [m for m in messages if not self.drops_system or m["role"] in ("user", "assistant")]
+        return "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in kept) + "<|assistant|>\n"
 
 
-_FORMAT_TITLES = ", ".join(f.title for f in (ChatML, Llama3, Mistral, Gemma, Phi3))
+@dataclass(frozen=True)
+class Zephyr:
+    """Zephyr's turns (TinyLlama chat, StableLM Zephyr): Phi-3's shape with the EOS token
+    (``</s>`` for TinyLlama) closing every turn."""
+
+    name = "zephyr"
+    title = "Zephyr"
+    # As Ollama ships them; the EOS token is a stop as an end-of-turn token.
+    stops = ("<|system|>", "<|user|>", "<|assistant|>")
+    end: str
+
+    def go_template(self) -> str:
+        return f"{{{{- range .Messages }}}}<|{{{{ .Role }}}}|>\n{{{{ .Content }}}}{_go_text(self.end)}\n{{{{ end }}}}<|assistant|>\n"
+
+    def render(self, system: str, messages: list[Message]) -> str:
+        return "".join(f"<|{m['role']}|>\n{m['content']}{self.end}\n" for m in messages) + "<|assistant|>\n"
+
+
+@dataclass(frozen=True)
+class Granite:
+    """IBM Granite 3 and 4: ``<|start_of_role|>role<|end_of_role|>`` turns closed by
+    ``<|end_of_text|>``."""
+
+    name = "granite"
+    title = "Granite"
+    # Ollama ships no Granite 3 template; like ChatML's, the stops are the turn markers.
+    stops = ("<|start_of_role|>", "<|end_of_text|>")
+
+    def go_template(self) -> str:
+        return (
+            "{{- range .Messages }}<|start_of_role|>{{ .Role }}<|end_of_role|>{{ .Content }}<|end_of_text|>\n{{ end }}"
+            "<|start_of_role|>assistant<|end_of_role|>"
+        )
+
+    def render(self, system: str, messages: list[Message]) -> str:
+        turns = "".join(f"<|start_of_role|>{m['role']}<|end_of_role|>{m['content']}<|end_of_text|>\n" for m in messages)
+        return turns + "<|start_of_role|>assistant<|end_of_role|>"
+
+
+@dataclass(frozen=True)
+class OLMo2:
+    """OLMo 2 and Tülu 3: Zephyr's role markers, but only replies are closed, by the EOS token
+    (``<|endoftext|>`` for OLMo 2); other turns end with a newline."""
+
+    name = "olmo2"
+    title = "OLMo 2"
+    stops = ("<|system|>", "<|user|>", "<|assistant|>")
+    reply_end: str
+
+    def go_template(self) -> str:
+        return (
+            '{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}{{ if eq .Role "assistant" }}'
+            f"{_go_text(self.reply_end)}{{{{ end }}}}\n{{{{ end }}}}<|assistant|>\n"
+        )
+
+    def render(self, system: str, messages: list[Message]) -> str:
+        turns = "".join(
+            f"<|{m['role']}|>\n{m['content']}{self.reply_end if m['role'] == 'assistant' else ''}\n" for m in messages
+        )
+        return turns + "<|assistant|>\n"
+
+
+@dataclass(frozen=True)
+class DeepSeek:
+    """DeepSeek V3 and R1 (with its Llama and Qwen distills): the system prompt bare at the start,
+    ``<｜User｜>`` and ``<｜Assistant｜>`` before each message, a reply closed by
+    ``<｜end▁of▁sentence｜>``. What follows ``<｜Assistant｜>`` differs by version: R1 opens the
+    generation prompt with ``<think>\\n``, V3.1 writes an empty ``<think></think>`` before every
+    reply."""
+
+    name = "deepseek"
+    title = "DeepSeek"
+    # As Ollama ships them (template/deepseek.json).
+    stops = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>")
+    user = "<｜User｜>"
+    assistant = "<｜Assistant｜>"
+    end = "<｜end▁of▁sentence｜>"
+    # Written after <｜Assistant｜> before an earlier reply, and in the generation prompt.
+    reply_open: str
+    prompt_open: str
+
+    def go_template(self) -> str:
+        return (
+            f'{{{{ .System }}}}{{{{- range .Messages }}}}{{{{ if eq .Role "user" }}}}{self.user}{{{{ .Content }}}}'
+            f'{{{{ else if eq .Role "assistant" }}}}{self.assistant}{_go_text(self.reply_open)}{{{{ .Content }}}}{self.end}'
+            f"{{{{ end }}}}{{{{ end }}}}{self.assistant}{_go_text(self.prompt_open)}"
+        )
+
+    def render(self, system: str, messages: list[Message]) -> str:
+        text = system
+        for m in messages:
+            if m["role"] == "user":
+                text += self.user + m["content"]
+            elif m["role"] == "assistant":
+                text += self.assistant + self.reply_open + m["content"] + self.end
+        return text + self.assistant + self.prompt_open
+
+
+@dataclass(frozen=True)
+class CommandR:
+    """Cohere's Command-R: each turn in ``<|START_OF_TURN_TOKEN|>`` and ``<|END_OF_TURN_TOKEN|>``,
+    the role a token of its own (the assistant's is ``<|CHATBOT_TOKEN|>``)."""
+
+    name = "command-r"
+    title = "Command-R"
+    # As Ollama ships them (template/command-r.json).
+    stops = ("<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>")
+    role_tokens = (("system", "<|SYSTEM_TOKEN|>"), ("user", "<|USER_TOKEN|>"), ("assistant", "<|CHATBOT_TOKEN|>"))
+
+    def go_template(self) -> str:
+        # {{ if eq .Role "system" }}<turn>{{ else if eq .Role "user" }}<turn>...{{ end }}; other roles write nothing.
+        turns = [
+            f'eq .Role "{role}" }}}}<|START_OF_TURN_TOKEN|>{token}{{{{ .Content }}}}<|END_OF_TURN_TOKEN|>'
+            for role, token in self.role_tokens
+        ]
+        branches = "{{ if " + "{{ else if ".join(turns) + "{{ end }}"
+        return "{{- range .Messages }}" + branches + "{{ end }}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
+
+    def render(self, system: str, messages: list[Message]) -> str:
+        tokens = dict(self.role_tokens)
+        turns = "".join(
+            f"<|START_OF_TURN_TOKEN|>{tokens[m['role']]}{m['content']}<|END_OF_TURN_TOKEN|>"
+            for m in messages
+            if m["role"] in tokens
+        )
+        return turns + "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"
+
+
+_FORMATS = (ChatML, Llama3, Mistral, Gemma, Phi3, Zephyr, Granite, OLMo2, DeepSeek, CommandR)
+_FORMAT_TITLES = ", ".join(f.title for f in _FORMATS)
 
 
 @dataclass(frozen=True)
@@ -208,7 +352,7 @@ class OllamaTemplate:
     # Ollama's SYSTEM: what the Jinja template writes when the chat has no system message.
     default_system: str | None
     stops: list[str]
-    # The recognised chat format ("chatml", "llama3", "mistral", "gemma", "phi3"), or None.
+    # The recognised chat format (the ``name`` of one in ``_FORMATS``: "chatml", "llama3", ...), or None.
     family: str | None = None
     # For people: what was recognised, what differs from the Jinja template, or why no template.
     note: str = ""
@@ -266,6 +410,21 @@ _PADDED = [
     {"role": "assistant", "content": " tunewright padded reply "},
     {"role": "user", "content": _USER},
 ]
+_REASONING = "tunewright probe: the reasoning"
+# A reply as a reasoning model writes it, sent back in a later turn.
+_THOUGHT = [
+    {"role": "user", "content": _USER},
+    {"role": "assistant", "content": f"<think>\n{_REASONING}\n</think>\n\n{_ASSISTANT}"},
+    {"role": "user", "content": _NEXT_USER},
+]
+# System messages that Ollama's collation does not merge; ``.System`` holds them all.
+_TWO_SYSTEMS = [
+    {"role": "system", "content": _SYSTEM},
+    {"role": "user", "content": _USER},
+    {"role": "assistant", "content": _ASSISTANT},
+    {"role": "system", "content": "tunewright probe: a later system message"},
+    {"role": "user", "content": _NEXT_USER},
+]
 
 
 def _render_or_none(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool) -> str | None:
@@ -319,8 +478,40 @@ def _mistral(renders: dict[str, str | None]) -> list[Mistral]:
     return [Mistral(*parts, system_joins=joins) for joins in ("first", "last")]
 
 
+def _turn_ends(renders: dict[str, str | None]) -> tuple[str, str]:
+    """What closes a user turn and a reply in ``<|role|>`` turns (Zephyr, OLMo 2): the text
+    between the message and the newline before the next role marker."""
+    text = renders["turns"] or ""
+    user_end = text.partition(_USER)[2].partition("\n<|assistant|>\n")[0]
+    reply_end = text.partition(_ASSISTANT)[2].partition("\n<|user|>\n")[0]
+    return user_end, reply_end
+
+
+def _deepseek(renders: dict[str, str | None]) -> list[DeepSeek]:
+    """What the template writes after ``<｜Assistant｜>``, before a reply and in the generation
+    prompt, read off the rendered turns (user, assistant, user)."""
+    text = renders["turns"] or ""
+    if text.count(DeepSeek.assistant) != 2 or _ASSISTANT not in text:
+        return []
+    reply_open = text.partition(DeepSeek.assistant)[2].partition(_ASSISTANT)[0]
+    return [DeepSeek(reply_open=reply_open, prompt_open=text.rpartition(DeepSeek.assistant)[2])]
+
+
 def _candidates(renders: dict[str, str | None], default: str | None) -> list[ChatFormat]:
-    return [ChatML(), _llama3(renders, default), *_mistral(renders), Gemma(), Phi3()]
+    user_end, reply_end = _turn_ends(renders)
+    return [
+        ChatML(),
+        _llama3(renders, default),
+        *_mistral(renders),
+        Gemma(),
+        Phi3(),
+        Phi3(drops_system=True),
+        Zephyr(end=user_end),
+        Granite(),
+        OLMo2(reply_end=reply_end),
+        *_deepseek(renders),
+        CommandR(),
+    ]
 
 
 def _today(renders: dict[str, str | None]) -> str | None:
@@ -380,7 +571,7 @@ def ollama_template(tokenizer: PreTrainedTokenizerBase) -> OllamaTemplate:
                     default_system=default or None,
                     stops=stops,
                     family=chat_format.name,
-                    note=_note(tokenizer, chat_format, bos_text, renders),
+                    note=_note(tokenizer, chat_format, bos_text, default, renders),
                     bos_text=bos_text,
                     chat_format=chat_format,
                 )
@@ -389,7 +580,11 @@ def ollama_template(tokenizer: PreTrainedTokenizerBase) -> OllamaTemplate:
 
 
 def _note(
-    tokenizer: PreTrainedTokenizerBase, chat_format: ChatFormat, bos_text: str | None, renders: dict[str, str | None]
+    tokenizer: PreTrainedTokenizerBase,
+    chat_format: ChatFormat,
+    bos_text: str | None,
+    default: str | None,
+    renders: dict[str, str | None],
 ) -> str:
     notes = [f"Recognised as {chat_format.title} by rendering the model's chat template."]
     if bos_text:
@@ -400,6 +595,19 @@ def _note(
         where = "first" if not isinstance(chat_format, Mistral) else chat_format.system_joins
         notes.append(
             f"The template refuses system messages; the Go template writes them into the {where} user message."
+        )
+    elif _SYSTEM not in renders["system+user"]:
+        notes.append("The template leaves system messages out, and so does the Go template: SYSTEM has no effect.")
+    thought = _render_or_none(tokenizer, _THOUGHT, True)
+    if thought is not None and _REASONING not in thought:
+        notes.append(
+            "The template drops the reasoning (<think>...</think>) from earlier replies and a Go template cannot, so Ollama's prompt keeps whatever reasoning a client sends back in a reply's content."
+        )
+    two_systems = _render_or_none(tokenizer, _TWO_SYSTEMS, True)
+    go_two_systems = (bos_text or "") + chat_format.render(*ollama_chat(default, _TWO_SYSTEMS))
+    if two_systems is not None and two_systems != go_two_systems:
+        notes.append(
+            "The template renders a chat with more than one system message differently from the Go template, which keeps them all; chats with one system message render alike."
         )
     padded = _render_or_none(tokenizer, _PADDED, True)
     if padded is not None and not all(m["content"] in padded for m in _PADDED):
