@@ -100,9 +100,11 @@ def small_jsonl(tmp_path) -> Path:
 
 
 class Services:
-    """The three services in this process, each on its own loopback port and data directory."""
+    """The three services in this process, each on its own loopback port and data directory.
+    The trainer takes base models from ``models_dirs``: by default the folder above ``root``,
+    pytest's temporary root (where ``tiny_model`` and the converted models are)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, models_dirs: list[Path] | None = None) -> None:
         from tunewright.client import Client
         from tunewright.data.app import start_data
         from tunewright.serve.app import start_serve
@@ -112,7 +114,9 @@ class Services:
         metrics = "127.0.0.1:0"  # each service's /metrics on a free port: server.metrics_port
         self.data = start_data("127.0.0.1:0", root / "data", metrics)
         self.data_address = f"127.0.0.1:{self.data.port}"
-        self.trainer, self.runner = start_trainer("127.0.0.1:0", root / "trainer", self.data_address, metrics)
+        self.trainer, self.runner = start_trainer(
+            "127.0.0.1:0", root / "trainer", self.data_address, metrics, models_dirs=models_dirs or [root.parent]
+        )
         self.trainer_address = f"127.0.0.1:{self.trainer.port}"
         self.serve = start_serve("127.0.0.1:0", root / "serve", self.trainer_address, metrics)
         self.serve_address = f"127.0.0.1:{self.serve.port}"

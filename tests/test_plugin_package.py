@@ -18,6 +18,7 @@ def test_installed_plugin_is_listed_and_trains(ia3_site, tiny_model, tmp_path):
         ports={n: free_port() for n in ("data", "trainer", "serve")},
         log_dir=tmp_path / "logs",
         env={"PYTHONPATH": str(ia3_site)},
+        models_dirs=[tiny_model],
     )
     stack.start()
     client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))

@@ -33,6 +33,7 @@ def secure_up(tmp_path_factory):
     state = tmp_path_factory.mktemp("secure")
     ports = {name: free_port() for name in SERVICES}
     command = [CLI, "up", "--secure", "--no-metrics", "--state-dir", str(state)]
+    command += ["--models-dir", str(tmp_path_factory.getbasetemp())]  # where the tiny model is built
     for name in SERVICES:
         command += [f"--{name}-port", str(ports[name])]
     secrets = generate_local_secrets(state / "secrets")  # made first: `up --secure` keeps what is there

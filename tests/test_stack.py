@@ -32,7 +32,8 @@ def up(tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
     ports = {name: free_port() for name in SERVICES}
     metrics_ports = {name: free_port() for name in SERVICES}
-    command = [CLI, "up", "--state-dir", str(state)]
+    # The tiny model is built elsewhere under pytest's temporary root.
+    command = [CLI, "up", "--state-dir", str(state), "--models-dir", str(tmp_path_factory.getbasetemp())]
     for name in SERVICES:
         command += [f"--{name}-port", str(ports[name]), f"--{name}-metrics-port", str(metrics_ports[name])]
     log = open(state / "up.log", "wb")  # noqa: SIM115 - closed below

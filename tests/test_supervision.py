@@ -87,7 +87,9 @@ def test_jobs_run_side_by_side_up_to_the_limit_and_the_queue_says_each_place(tmp
     from tunewright.trainer.app import start_trainer
 
     data = start_data("127.0.0.1:0", tmp_path / "data")
-    trainer, runner = start_trainer("127.0.0.1:0", tmp_path / "trainer", f"127.0.0.1:{data.port}", max_running_jobs=2)
+    trainer, runner = start_trainer(
+        "127.0.0.1:0", tmp_path / "trainer", f"127.0.0.1:{data.port}", max_running_jobs=2, models_dirs=[tiny_model]
+    )
     client = Client(f"127.0.0.1:{data.port}", f"127.0.0.1:{trainer.port}", "127.0.0.1:1")
     try:
         dataset = client.create_dataset(

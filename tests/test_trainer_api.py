@@ -263,3 +263,40 @@ def test_a_text_dataset_trains_with_the_loss_on_every_token(services, tiny_model
     assert not any(e.WhichOneof("payload") == "evaluation" for e in events)
     # Every token of a text example is trained: the steps' loss is over all of them.
     assert all(e.progress.loss > 0 for e in events if e.WhichOneof("payload") == "progress")
+
+
+def test_a_base_model_folder_outside_the_models_dirs_is_permission_denied(tiny_model, tmp_path):
+    import os
+    import shutil
+
+    from conftest import Services, ticket_lines
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(tiny_model, models / "inside")
+    (models / "link-out").symlink_to(tiny_model, target_is_directory=True)
+    running = Services(tmp_path / "services", models_dirs=[models])
+    try:
+        client = running.client
+        data = client.upload_bytes("d.jsonl", ("\n".join(ticket_lines(24)) + "\n").encode())
+        dataset = client.create_dataset(data.name).name
+        outside = (tiny_model, models / "link-out", models / ".." / os.path.relpath(tiny_model, tmp_path))
+        for folder in outside:
+            with pytest.raises(grpc.RpcError) as caught:
+                create(running, folder, dataset)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, folder
+            assert rich_error(caught.value) == (
+                "BASE_MODEL_OUTSIDE_MODELS_DIR",
+                [("base_model", "a folder outside every --models-dir of the trainer")],
+            )
+            message = caught.value.details()
+            assert str(tiny_model.resolve()) in message and str(models.resolve()) in message
+            assert "--models-dir" in message
+        assert not client.trainer.ListJobs(pb.ListJobsRequest()).jobs  # nothing stored
+
+        job = create(running, models / "inside", dataset, max_steps=1, evaluate=False)
+        assert job.base_model == str(models / "inside")
+        watch(running, job.name)
+        assert client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job.state == pb.JOB_STATE_SUCCEEDED
+    finally:
+        running.stop()

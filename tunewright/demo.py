@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tunewright.cli.datasets import cleaning_summary
 from tunewright.client import Client, ServiceError
+from tunewright.core.basemodel import BUILTIN_MODELS
 from tunewright.core.chat import prompt_and_reference
 from tunewright.records import JobError, JobState, Model
 from tunewright.stack import Stack, free_port
@@ -76,7 +77,11 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     started = time.monotonic()
     ports = {"data": free_port(), "trainer": free_port(), "serve": free_port()}
-    stack = Stack(args.state_dir, ports=ports, log_dir=args.state_dir / "logs")
+    # The demo's own services may read the base model folder named on its command line.
+    models_dirs = [args.state_dir / "models"]
+    if args.base_model not in BUILTIN_MODELS:
+        models_dirs.append(Path(args.base_model))
+    stack = Stack(args.state_dir, ports=ports, log_dir=args.state_dir / "logs", models_dirs=models_dirs)
     print(f"starting the three services (logs in {args.state_dir / 'logs'})", flush=True)
     # SIGTERM ends the demo as Ctrl-C does, stopping its services (they were left running).
     on_main_thread = threading.current_thread() is threading.main_thread()

@@ -48,9 +48,12 @@ class Stack:
     secrets: LocalSecrets | None = None
     mutual_tls: bool = False
     max_running_jobs: int = 1
+    # The folders a job's base_model may name (the trainer's --models-dir); None: STATE_DIR/models.
+    models_dirs: list[Path] | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
+        self.models_dirs = [Path(folder) for folder in self.models_dirs or [self.state_dir / "models"]]
         self.ports = dict(self.ports or DEFAULT_PORTS)
         self.processes: dict[str, subprocess.Popen] = {}
 
@@ -69,6 +72,8 @@ class Stack:
         ]
         if service == "trainer":
             command += ["--data-service", self.address("data"), "--max-running-jobs", str(self.max_running_jobs)]
+            for folder in self.models_dirs:
+                command += ["--models-dir", str(folder)]
         if service == "serve":
             command += ["--trainer-service", self.address("trainer")]
         if self.metrics_ports:
@@ -101,6 +106,9 @@ class Stack:
             output.close()  # the child has its own copy
 
     def start(self, timeout: float = 60.0) -> None:
+        # The default models folder exists from the start, as a place to put models.
+        if self.models_dirs == [self.state_dir / "models"]:
+            self.models_dirs[0].mkdir(parents=True, exist_ok=True)
         for service in ("data", "trainer", "serve"):
             self._spawn(service)
         try:

@@ -25,6 +25,15 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="jobs that train at once (default 1: on a small CPU machine one job uses every core)",
     )
+    parser.add_argument(
+        "--models-dir",
+        dest="models_dirs",
+        type=Path,
+        action="append",
+        metavar="FOLDER",
+        help="a folder whose model folders a job's base_model may name; repeat for several "
+        "(default: DATA_DIR/models). Built-in model names are always allowed",
+    )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging("trainer")
@@ -35,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics_listen,
         server_security(args),
         args.max_running_jobs,
+        args.models_dirs,
     )
     serve_until_signalled(server, on_stop=runner.stop)
 

