@@ -3,13 +3,18 @@ on loopback ports."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
+
+# Session fixtures other test modules share.
+from families import family_model  # noqa: F401
 from grpc_status import rpc_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,3 +228,25 @@ def _quiet_threads():
     import torch
 
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def go_render(tmp_path_factory):
+    """Renders a chat as Ollama does, with Go's text/template: (template, messages, system) -> text."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail(
+            "Go is not installed; these tests render Ollama templates with Go's text/template: apt-get install golang-go"
+        )
+    binary = tmp_path_factory.mktemp("go") / "render"
+    # GOPROXY=off: the renderer uses only the standard library, nothing is fetched.
+    env = {**os.environ, "GOPROXY": "off"}
+    subprocess.run([go, "build", "-o", str(binary), "./render"], cwd=Path(__file__).parent / "go", env=env, check=True)
+
+    def run(template: str, messages: list[dict[str, str]], system: str | None) -> str:
+        request = json.dumps({"template": template, "messages": messages, "system": system or ""})
+        done = subprocess.run([binary], input=request.encode(), capture_output=True, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    return run

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tunewright.trainer.worker import JobFailure, tokenize_split
 from tunewright.core.chat import IGNORE_INDEX, AssistantNotFound, end_of_turn_tokens, tokenize_for_training
+from tunewright.trainer.worker import JobFailure, tokenize_split
 
 
 def trained_text(tokenizer, example) -> str:

@@ -21,14 +21,11 @@ from families import (
     CONVERSATIONS,
     FAMILIES,
     Family,
-    family_model,
     read_gguf_metadata,
     recorded_ids,
     render_all,
     vocabulary_data,
 )
-
-__all__ = ["family_model"]  # the fixture, registered for this module by the import
 
 
 def hf_ids(tokenizer, text: str) -> list[int]:

@@ -8,9 +8,6 @@ for the BOS text that the Jinja template writes and llama.cpp adds as a token.""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,6 @@ from tunewright.serve.modelfile import (
 )
 
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
-GO_RENDERER = Path(__file__).parent / "go"
 
 # The chat format each model's template must be recognised as; None: exported without a Go template.
 FAMILIES = {
@@ -125,28 +121,6 @@ class TemplateTokenizer:
 
 def load(name: str) -> TemplateTokenizer:
     return TemplateTokenizer(json.loads((TEMPLATES / f"{name}.json").read_text()))
-
-
-@pytest.fixture(scope="session")
-def go_render(tmp_path_factory):
-    """Renders a chat as Ollama does, with Go's text/template: (template, messages, system) -> text."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail(
-            "Go is not installed; these tests render Ollama templates with Go's text/template: apt-get install golang-go"
-        )
-    binary = tmp_path_factory.mktemp("go") / "render"
-    # GOPROXY=off: the renderer uses only the standard library, nothing is fetched.
-    env = {**os.environ, "GOPROXY": "off"}
-    subprocess.run([go, "build", "-o", str(binary), "./render"], cwd=GO_RENDERER, env=env, check=True)
-
-    def run(template: str, messages: list[dict[str, str]], system: str | None) -> str:
-        request = json.dumps({"template": template, "messages": messages, "system": system or ""})
-        done = subprocess.run([binary], input=request.encode(), capture_output=True, check=False)
-        assert done.returncode == 0, done.stderr.decode()
-        return done.stdout.decode()
-
-    return run
 
 
 def test_every_stored_template_is_tested():

@@ -41,6 +41,8 @@ class MergedModel:
     architecture: str
     context_length: int | None
     template: OllamaTemplate
+    # The base model's name (a built-in name, or its folder's name), for the file's metadata.
+    base_name: str = ""
 
 
 @dataclass(frozen=True)

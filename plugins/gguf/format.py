@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunewright.core.errors import FailedPrecondition
+from tunewright.core.families import gguf_model_name
 from tunewright.exporters import Exported, MergedModel
 from tunewright.serve.modelfile import modelfile_text
 
@@ -87,8 +88,7 @@ class GgufFormat:
                 f"llama.cpp's converter does not convert {architecture}, so it cannot be exported as GGUF; "
                 f"export with format 'safetensors' instead. It converts {len(supported)} architectures (all in "
                 f"this error's 'supported' metadata; or run {converter_folder() / 'convert_hf_to_gguf.py'} "
-                "--print-supported-models), among them "
-                + ", ".join(a for a in COMMON if a in supported),
+                "--print-supported-models), among them " + ", ".join(a for a in COMMON if a in supported),
                 reason="UNSUPPORTED_ARCHITECTURE",
                 metadata={"architecture": architecture, "supported": ",".join(supported)},
             )
@@ -101,7 +101,8 @@ class GgufFormat:
             )
 
     def write(self, model: MergedModel, config: GgufOptions, out: Path) -> Exported:
-        result = _convert(model.folder, out / FILE, ["--outtype", config.type])
+        name = gguf_model_name(model.base_name, model.architecture)
+        result = _convert(model.folder, out / FILE, ["--outtype", config.type, "--model-name", name])
         if result.returncode != 0 or not (out / FILE).is_file():
             raise FailedPrecondition(
                 f"llama.cpp's converter could not write the GGUF (exit {result.returncode}): {_last_lines(result)}",

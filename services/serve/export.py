@@ -10,7 +10,6 @@ probe before anything is stored."""
 
 from __future__ import annotations
 
-
 import hashlib
 import json
 import os
@@ -28,7 +27,7 @@ import structlog
 
 from tunewright import contract
 from tunewright.contract import ARTIFACT, FORMAT_VERSION, MANIFEST, ArtifactKind, Manifest
-from tunewright.core.basemodel import load_tokenizer, model_cache, resolve_base_model, save_tokenizer
+from tunewright.core.basemodel import load_tokenizer, model_cache, resolve_base_model, save_tokenizer_with_sources
 from tunewright.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -356,10 +355,16 @@ class Exporter:
             difference, tolerance = verify(merged, artifact, manifest, job, "merged")
             merged_folder = staging / "merged"
             merged.save_pretrained(merged_folder, safe_serialization=True)
-            save_tokenizer(tokenizer, merged_folder)
+            save_tokenizer_with_sources(tokenizer, plan.base_folder, merged_folder)
             del merged
             exported = plan.layout.write(
-                MergedModel(merged_folder, plan.architecture, _context_length(merged_folder), template),
+                MergedModel(
+                    merged_folder,
+                    plan.architecture,
+                    _context_length(merged_folder),
+                    template,
+                    Path(manifest.base_model).name,
+                ),
                 plan.options,
                 out,
             )

@@ -276,6 +276,21 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
+# Tokenizer files a fast tokenizer's save_pretrained does not write but converters read:
+# sentencepiece models (llama.cpp's converter reads Mistral's, Phi-3's and Gemma's
+# vocabulary from tokenizer.model, not tokenizer.json) and tiktoken files.
+TOKENIZER_SOURCES = ("tokenizer.model", "tokenizer.model.v*", "*.tiktoken")
+
+
+def save_tokenizer_with_sources(tokenizer: PreTrainedTokenizerBase, base_folder: Path, out_dir: Path) -> None:
+    """``save_tokenizer``, plus the base folder's tokenizer source files it cannot write."""
+    save_tokenizer(tokenizer, out_dir)
+    for pattern in TOKENIZER_SOURCES:
+        for source in Path(base_folder).glob(pattern):
+            if source.is_file() and not (Path(out_dir) / source.name).exists():
+                shutil.copy2(source, Path(out_dir) / source.name)
+
+
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 

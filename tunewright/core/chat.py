@@ -152,7 +152,7 @@ def _locate_replies(
 
 def _search_replies(messages: list[Message], replies: list[int], text: str) -> tuple[list[int], list[int]]:
     starts, ends, cursor = [], [], 0
-    for n, i in enumerate(replies):
+    for i in replies:
         content = messages[i]["content"]
         # Past the question first, so that a reply is not found inside a question quoting it.
         question = messages[i - 1]["content"] if i and messages[i - 1]["role"] != "assistant" else ""

@@ -14,6 +14,12 @@ decides only what those cannot decide for it, by the model's config, never by it
 - The attention implementation. Gemma 2 soft-caps attention logits; PyTorch's SDPA kernel
   has no cap and transformers' SDPA path drops it, so a model trained with it is not the
   model llama.cpp runs. Models that soft-cap train with eager attention.
+- The name a GGUF file carries. llama.cpp recognises one tokenizer behaviour by the model's
+  name (``general.name``), not by the vocabulary: Phi-3's special tokens swallow the
+  whitespace after them (``rstrip``) only in a file whose name holds "phi3" or "phi-3".
+  The converter names the file after the folder it converts, a merged copy here, so a
+  Phi-3 export is named for the family explicitly, and llama.cpp then tokenizes what
+  training tokenized.
 - Tied embeddings need no special case: the methods never adapt the output head
   (``all-linear`` leaves it out), so a merge keeps input and output embeddings one tensor
   and the converter writes it once.
@@ -50,3 +56,16 @@ def attention_implementation(config: Any) -> str | None:
     ):
         return "eager"
     return None
+
+
+# Architectures whose GGUF must carry "phi3" in its name for llama.cpp to strip whitespace
+# after special tokens as their tokenizer does (llama.cpp's llama-vocab.cpp).
+_NAMED_FOR_PHI3 = ("Phi3ForCausalLM", "PhiMoEForCausalLM")
+
+
+def gguf_model_name(base_name: str, architecture: str) -> str:
+    """The name to give a GGUF of ``architecture`` fine-tuned from ``base_name``."""
+    name = base_name or architecture
+    if architecture in _NAMED_FOR_PHI3 and not any(mark in name.lower() for mark in ("phi3", "phi-3")):
+        name = f"{name} (phi3)"
+    return name
