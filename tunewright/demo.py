@@ -30,7 +30,6 @@ from tunewright.stack import Stack, free_port
 DEFAULT_DATASET = Path("examples/support_tickets/tickets.jsonl")
 LABEL = re.compile(r"\b(high|medium|low)\b")
 QUESTION = "Since the last deploy nobody in our company can log in, the whole sales team is blocked."
-SYSTEM = "Triage the support ticket. Answer with the urgency (high, medium or low) and a one-line reason."
 
 
 def urgency(text: str) -> str | None:
@@ -179,7 +178,9 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
     pushed = push_to_ollama(client, model)
     if pushed is not None:
         model = pushed
-    reply = client.ask(model.name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
+    # A bare question, as a user of `ollama run` asks it: the export's default system prompt
+    # is the one every training ticket opened with.
+    reply = client.ask(model.name, [{"role": "user", "content": QUESTION}])
     # Every test prompt through the GGUF as llama.cpp (or Ollama) serves it: does it stop by itself?
     stopped = None
     if model.format == "gguf":
@@ -245,7 +246,8 @@ def _run(args: argparse.Namespace, client: Client, dataset_path: Path, started: 
         print("\nModelfile:\n" + "\n".join(f"  {line}" for line in model.modelfile.splitlines()))
     for push in model.pushes:
         print(f"registered with Ollama at {push.address} as {push.remote_name}: ollama run {push.remote_name}")
-    print(f"\nQ: {QUESTION}\nA ({reply.backend}): {reply.text}")
+    print(f"\nQ (no system message; the model's default: {model.system_prompt[:40]!r}...): {QUESTION}")
+    print(f"A ({reply.backend}): {reply.text}")
     if stopped is not None:
         print(
             f"stopped by itself on {stopped} of {len(predictions)} test prompts ({reply.backend}, at most 64 new tokens)"
