@@ -122,3 +122,35 @@ def test_jobs_run_side_by_side_up_to_the_limit_and_the_queue_says_each_place(tmp
         runner.stop()
         trainer.stop(grace=0)
         data.stop(grace=0)
+
+
+def test_a_cancel_between_running_and_the_workers_start_stops_the_worker(tmp_path, monkeypatch):
+    """CancelJob can arrive after the runner marked the job RUNNING and before its worker
+    exists; the job was answered "already finished (RUNNING)". Now the worker is stopped as
+    soon as it starts, and the job ends CANCELLED."""
+    import threading
+
+    from tunewright.trainer import runner as runner_module
+    from tunewright.trainer.store import CANCELLED
+
+    store = JobStore(tmp_path / "trainer.sqlite3")
+    job, _ = store.create("", "base", "datasets/d", "lora", {}, {})
+    runner = JobRunner(store, tmp_path / "jobs", "127.0.0.1:1", tmp_path / "cache")
+    at_start, go_on = threading.Event(), threading.Event()
+    real_popen = subprocess.Popen
+
+    def held_popen(command, **options):
+        at_start.set()
+        go_on.wait(timeout=30)
+        # Stands in for the worker: sleeps until stopped, in its own session as workers are.
+        return real_popen([sys.executable, "-c", "import time; time.sleep(120)"], **options)
+
+    monkeypatch.setattr(runner_module.subprocess, "Popen", held_popen)
+    running = threading.Thread(target=runner._run, args=(store.get(job.id),))
+    running.start()
+    assert at_start.wait(timeout=30) and store.get(job.id).state == RUNNING
+    assert runner.cancel(job.id)
+    go_on.set()
+    running.join(timeout=30)
+    assert not running.is_alive()
+    assert store.get(job.id).state == CANCELLED

@@ -66,6 +66,8 @@ class JobRunner:
         self._lock = threading.Lock()
         # The workers running now, by job id.
         self._running: dict[str, subprocess.Popen] = {}
+        # Jobs marked RUNNING whose worker is not started yet: a cancel then waits for it.
+        self._starting: set[str] = set()
         self._cancelled: set[str] = set()
         # Runs of each job's worker so far in this trainer's life.
         self._attempts: dict[str, int] = {}
@@ -165,7 +167,11 @@ class JobRunner:
         with self._lock:
             process = self._running.get(job_id)
             if process is None:
-                return False
+                if job_id not in self._starting:
+                    return False
+                # Between RUNNING and the worker's start: _run stops the worker once started.
+                self._cancelled.add(job_id)
+                return True
             self._cancelled.add(job_id)
         self._terminate(process)
         return True
@@ -206,8 +212,17 @@ class JobRunner:
                 )
 
     def _run(self, job: JobRecord) -> None:
-        if not self.store.set_state(job.id, RUNNING, only_from=(QUEUED,)):
-            return
+        with self._lock:
+            if not self.store.set_state(job.id, RUNNING, only_from=(QUEUED,)):
+                return
+            self._starting.add(job.id)
+        try:
+            self._start_and_follow(job)
+        finally:
+            with self._lock:
+                self._starting.discard(job.id)
+
+    def _start_and_follow(self, job: JobRecord) -> None:
         bound = log.bind(job_id=job.id)
         job_dir = self.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -249,6 +264,11 @@ class JobRunner:
         os.close(write_fd)
         with self._lock:
             self._running[job.id] = process
+            self._starting.discard(job.id)
+            cancelled_while_starting = job.id in self._cancelled
+        if cancelled_while_starting:
+            # Stopped from another thread, so that its events are still read here until it exits.
+            threading.Thread(target=self._terminate, args=(process,), daemon=True).start()
         (job_dir / WORKER_PID).write_text(f"{process.pid}\n")
         self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
         bound.info("worker started", pid=process.pid, attempt=self._attempts[job.id])
