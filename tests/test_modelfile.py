@@ -40,6 +40,7 @@ FAMILIES = {
     "mistral-7b-instruct-v0.2": "mistral",
     "mistral-large-instruct-2407": "mistral",
     "gemma-2-2b-it": "gemma",
+    "gemma-3-1b-it": "gemma",
     "phi-3.5-mini-instruct": "phi3",
     # The first Phi-3 template: leaves system messages out.
     "phi-3-mini-4k-instruct": "phi3",
