@@ -322,23 +322,6 @@ def _write_gemma_spm(base: Vocabulary, path: Path) -> None:
     writer.close()
 
 
-# tests/test_families.py passes for Gemma 2 and 3 (the tokenizer against llama.cpp's, the
-# converter, llama.cpp's logits); test_architectures.py does not, for reasons outside the tests.
-GEMMA2_TRAINING = (
-    "a job on a dataset with a system prompt fails (test_architectures.py's does): Gemma 2's template "
-    "refuses system messages ('System role not supported') and tunewright/core/chat.py's render() hands "
-    "the messages to apply_chat_template as they are, where the Modelfile joins a system message to the "
-    "first user turn; its export would then meet Gemma 3's problem (GEMMA_EXPORT)"
-)
-# The same holds for Gemma 3; its lora job trains, but the export loses the chat tokens.
-GEMMA_EXPORT = (
-    "the exported GGUF splits <start_of_turn> and <end_of_turn> into pieces (test_architectures.py's "
-    "tokenizer test): they are user-defined pieces of Gemma's tokenizer.model, which the converter makes "
-    "special only by tokenizer_config.json's added_tokens_decoder, and the folder "
-    "tunewright/core/basemodel.py's save_tokenizer writes has none (transformers 5's save_pretrained "
-    "no longer writes it)"
-)
-
 GEMMA_SPM = Vocabulary(
     "gemma-spm",
     base=LLAMA_SPM,
@@ -476,7 +459,6 @@ FAMILIES: dict[str, Family] = {
                 "rope_theta": 10000.0,
             },
             stand_in=GEMMA_STAND_IN,
-            skip=GEMMA2_TRAINING,
         ),
         Family(
             "gemma3",
@@ -496,7 +478,6 @@ FAMILIES: dict[str, Family] = {
                 "num_hidden_layers": 6,
             },
             stand_in=GEMMA_STAND_IN,
-            skip=GEMMA_EXPORT,
         ),
         Family(
             "deepseek",

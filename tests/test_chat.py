@@ -94,6 +94,8 @@ CONVERSATION = [
         ("llama-3.1-8b-instruct", "urgency: high<|eot_id|>urgency: low<|eot_id|>"),
         ("qwen2.5-72b-instruct", "urgency: high<|im_end|>urgency: low<|im_end|>"),
         ("phi-3.5-mini-instruct", "urgency: high<|end|>urgency: low<|end|>"),
+        # Refuses a system message: it is joined to the first user message, as for Ollama.
+        ("gemma-2-2b-it", "urgency: high<end_of_turn>urgency: low<end_of_turn>"),
     ],
 )
 def test_replies_are_found_in_real_templates_whatever_they_do_around_them(tiny_tokenizer, name, trained):

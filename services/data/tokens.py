@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from jinja2 import TemplateError
+
 from tunewright.core.basemodel import load_tokenizer
-from tunewright.core.chat import end_of_turn_tokens, tokenize_for_training
+from tunewright.core.chat import end_of_turn_tokens, fold_system_prompt, tokenize_for_training
 from tunewright.dataformats import Example
 
 
@@ -61,7 +63,15 @@ class TokenCounter:
         self.rendered = False
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return self.template.render(messages=messages, add_generation_prompt=False, **self.special)
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=False, **self.special)
+        except (ValueError, TemplateError):
+            # A template that refuses a system message gets it joined to the first user
+            # message, as training renders it (tunewright.core.chat.render).
+            folded = fold_system_prompt(messages)
+            if folded is None:
+                raise
+            return self.template.render(messages=folded, add_generation_prompt=False, **self.special)
 
     def _encoded_lengths(self, texts: list[str]) -> list[int]:
         # The _fast variant skips character offsets, which counting does not need (1.4x faster).

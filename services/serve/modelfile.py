@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from jinja2 import TemplateError
 
-from tunewright.core.chat import KNOWN_END_OF_TURN, Message, render
+from tunewright.core.chat import KNOWN_END_OF_TURN, Message
 from tunewright.core.errors import FailedPrecondition
 
 if TYPE_CHECKING:
@@ -428,8 +428,10 @@ _TWO_SYSTEMS = [
 
 
 def _render_or_none(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool) -> str | None:
+    # The template as it is, without render()'s joining of a refused system message: the
+    # probes must see what the template refuses.
     try:
-        return render(tokenizer, messages, generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except TemplateError:  # raise_exception() in the template: it refuses this conversation
         return None
 

@@ -271,8 +271,28 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
     config_path = Path(out_dir) / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
+    changed = False
     if tokenizer.chat_template and "chat_template" not in config:
         config["chat_template"] = tokenizer.chat_template
+        changed = True
+    if "added_tokens_decoder" not in config and tokenizer.added_tokens_decoder:
+        # transformers 5 keeps the added tokens in tokenizer.json only; llama.cpp's converter
+        # reads which are special from here when it takes the vocabulary from a sentencepiece
+        # tokenizer.model (Gemma, Mistral, Phi-3), and without it writes Gemma's
+        # <start_of_turn> as a plain piece that llama.cpp splits into characters.
+        config["added_tokens_decoder"] = {
+            str(token_id): {
+                "content": token.content,
+                "lstrip": token.lstrip,
+                "normalized": token.normalized,
+                "rstrip": token.rstrip,
+                "single_word": token.single_word,
+                "special": token.special,
+            }
+            for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
+        }
+        changed = True
+    if changed:
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 

@@ -49,7 +49,26 @@ def end_of_turn_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
 
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    """The conversation as the model's chat template writes it. A template that refuses a
+    system message (Gemma's, Mixtral's) gets it joined to the first user message, as the
+    exported Modelfile's Go template does for Ollama, so training, evaluation, the serve
+    service and Ollama all see the same text."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except TemplateError:
+        folded = fold_system_prompt(messages)
+        if folded is None:
+            raise
+        return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def fold_system_prompt(messages: list[Message]) -> list[Message] | None:
+    """The conversation with its opening system message joined to the user message after it
+    ("{system}\n\n{user}"), or None when it does not open with a system and a user message."""
+    if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+        return None
+    joined = {**messages[1], "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+    return [joined, *messages[2:]]
 
 
 @dataclass
