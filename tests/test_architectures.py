@@ -33,8 +33,8 @@ from test_modelfile import FAMILIES as TEMPLATE_FORMATS
 
 from conftest import rich_error, run_job, ticket_lines
 from tunewright.core.basemodel import load_tokenizer
+from tunewright.core.modelfile import ollama_chat
 from tunewright.serve.llamacpp import parity
-from tunewright.serve.modelfile import ollama_chat
 from tunewright.serve.v1 import serve_service_pb2 as pb
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 
@@ -126,7 +126,7 @@ def test_the_modelfile_template_renders_like_the_jinja_template(name, exported, 
     without whitespace at their edges: Ollama's templates cannot trim, and an export whose
     template trims says so in its note (test_modelfile.py holds every stored template to that)."""
     from tunewright.core.chat import render
-    from tunewright.serve.modelfile import ollama_template
+    from tunewright.core.modelfile import ollama_template
 
     _, gguf, _ = exported(name)
     tokenizer = load_tokenizer(Path(gguf.directory))

@@ -16,7 +16,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from tunewright.core.chat import KNOWN_END_OF_TURN, render
 from tunewright.core.errors import FailedPrecondition
-from tunewright.serve.modelfile import (
+from tunewright.core.modelfile import (
     OllamaTemplate,
     modelfile_text,
     ollama_template,

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from conftest import run_job
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL, load_tokenizer, resolve_base_model
 from tunewright.core.chat import IGNORE_INDEX, end_of_turn_tokens, render, tokenize_for_training
-from tunewright.serve.modelfile import ollama_template, render_like_ollama
+from tunewright.core.modelfile import ollama_template, render_like_ollama
 
 pytestmark = pytest.mark.real_model
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_job, ticket_lines
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL, load_tokenizer, resolve_base_model
 from tunewright.core.chat import render
-from tunewright.serve.modelfile import ollama_template, render_like_ollama
+from tunewright.core.modelfile import ollama_template, render_like_ollama
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 
 pytestmark = pytest.mark.real_model

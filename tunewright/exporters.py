@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 # The model's chat template as Ollama needs it: a Go template (or None when no known
 # family matches, and Ollama renders the Jinja template embedded in the GGUF), the default
 # system prompt, and every stop.
-from tunewright.serve.modelfile import OllamaTemplate
+from tunewright.core.modelfile import OllamaTemplate
 
 __all__ = ["ExportFormat", "Exported", "ExporterRegistry", "MergedModel", "OllamaTemplate", "PushTarget", "Pushed"]
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from tunewright.core.errors import FailedPrecondition
 from tunewright.core.families import gguf_model_name
+from tunewright.core.modelfile import modelfile_text
 from tunewright.exporters import Exported, MergedModel
-from tunewright.serve.modelfile import modelfile_text
 
 TYPES = ("f16", "q8_0", "bf16")
 # Named in the refusal of an architecture the converter does not know, as examples.

@@ -13,8 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunewright.core.modelfile import modelfile_text
 from tunewright.exporters import Exported, MergedModel
-from tunewright.serve.modelfile import modelfile_text
 
 
 @dataclass

@@ -38,13 +38,13 @@ from tunewright.core.errors import (
     Unavailable,
 )
 from tunewright.core.ids import parse_job_or_checkpoint, parse_name
+from tunewright.core.modelfile import ollama_template
 from tunewright.core.security import ChannelSecurity, open_channel
 from tunewright.core.timeutil import now
 from tunewright.exporters import Exported, ExporterRegistry, ExportFormat, MergedModel
 from tunewright.methods import Method, detect_runtime
 from tunewright.parameters import build_config, parse_options
 from tunewright.serve.loading import installed_method
-from tunewright.serve.modelfile import ollama_template
 from tunewright.serve.store import ATTACHED, ModelRecord, ModelStore, PushRecord
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 from tunewright.trainer.v1 import trainer_service_pb2_grpc as trainer_grpc

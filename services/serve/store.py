@@ -13,8 +13,8 @@ from typing import Any
 
 from tunewright.core.db import Database
 from tunewright.core.errors import AlreadyExists, FieldViolation, NotFound
+from tunewright.core.modelfile import OllamaTemplate
 from tunewright.core.paging import next_token, page_bounds
-from tunewright.serve.modelfile import OllamaTemplate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
