@@ -109,7 +109,7 @@ class Services:
     The trainer takes base models from ``models_dirs``: by default the folder above ``root``,
     pytest's temporary root (where ``tiny_model`` and the converted models are)."""
 
-    def __init__(self, root: Path, models_dirs: list[Path] | None = None) -> None:
+    def __init__(self, root: Path, models_dirs: list[Path] | None = None, max_running_jobs: int = 1) -> None:
         from tunewright.client import Client
         from tunewright.data.app import start_data
         from tunewright.serve.app import start_serve
@@ -120,7 +120,12 @@ class Services:
         self.data = start_data("127.0.0.1:0", root / "data", metrics)
         self.data_address = f"127.0.0.1:{self.data.port}"
         self.trainer, self.runner = start_trainer(
-            "127.0.0.1:0", root / "trainer", self.data_address, metrics, models_dirs=models_dirs or [root.parent]
+            "127.0.0.1:0",
+            root / "trainer",
+            self.data_address,
+            metrics,
+            models_dirs=models_dirs or [root.parent],
+            max_running_jobs=max_running_jobs,
         )
         self.trainer_address = f"127.0.0.1:{self.trainer.port}"
         self.serve = start_serve("127.0.0.1:0", root / "serve", self.trainer_address, metrics)
@@ -151,20 +156,31 @@ def rich_error(error: grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
     return unpack_status(error)
 
 
-def run_job(client, base_model, dataset: str, method: str = "lora", **hyperparameters):
-    """Creates a job, follows WatchJob until it ends, and returns the finished job."""
+def create_job(client, base_model, dataset: str, method: str = "lora", **hyperparameters) -> str:
+    """Creates a job and returns its name."""
     from tunewright.trainer.v1 import trainer_service_pb2 as pb
 
-    job = client.trainer.CreateJob(
+    return client.trainer.CreateJob(
         pb.CreateJobRequest(
             base_model=str(base_model),
             dataset=dataset,
             method=method,
             hyperparameters=pb.Hyperparameters(**hyperparameters),
         )
-    ).job
-    list(client.trainer.WatchJob(pb.WatchJobRequest(name=job.name), timeout=900))
-    return client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
+    ).job.name
+
+
+def finished_job(client, name: str):
+    """Follows WatchJob until the job ends, and returns the finished job."""
+    from tunewright.trainer.v1 import trainer_service_pb2 as pb
+
+    list(client.trainer.WatchJob(pb.WatchJobRequest(name=name), timeout=900))
+    return client.trainer.GetJob(pb.GetJobRequest(name=name)).job
+
+
+def run_job(client, base_model, dataset: str, method: str = "lora", **hyperparameters):
+    """Creates a job, follows WatchJob until it ends, and returns the finished job."""
+    return finished_job(client, create_job(client, base_model, dataset, method, **hyperparameters))
 
 
 @pytest.fixture

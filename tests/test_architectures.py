@@ -11,9 +11,9 @@ and chat template) through the real services: upload, a lora job, GGUF export, t
   the Jinja template, where a Go template was written;
 - an answer through the serve service.
 
-Every family is trained by each method that applies to it: the adapter methods and full
-fine-tuning, one step each (test_method_matrix.py holds the methods to their promises on
-the tiny Llama). A family that cannot be built here is skipped with its row's reason, and
+Every family is trained by every other method too (full, qlora, unsloth, prefix), one step
+each, all queued at once and run two at a time (test_method_matrix.py holds the methods to
+their promises on the tiny Llama). A family that cannot be built here is skipped with its row's reason, and
 its row is not done. And the refusals: an architecture llama.cpp's converter does not
 convert is refused at export with UNSUPPORTED_ARCHITECTURE before any merge.
 """
@@ -21,27 +21,38 @@ convert is refused at export with UNSUPPORTED_ARCHITECTURE before any merge.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import grpc
 import pytest
-from families import CONVERSATIONS, FAMILIES, render_all
+from families import CONVERSATIONS, FAMILIES, read_gguf_metadata, render_all, vocabulary_data
 from jinja2 import TemplateError
 from test_families import first_difference, hf_ids
 from test_modelfile import FAMILIES as TEMPLATE_FORMATS
 
-from conftest import rich_error, run_job, ticket_lines
+from conftest import Services, create_job, finished_job, rich_error, run_job, ticket_lines
 from tunewright.core.basemodel import load_tokenizer
 from tunewright.core.modelfile import ollama_chat
 from tunewright.serve.llamacpp import parity
 from tunewright.serve.v1 import serve_service_pb2 as pb
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
 
-# Methods that train each family besides lora (which every row exports). prefix tuning
-# needs a model whose attention takes peft's past key values, which not every family's does;
-# unsloth patches Llama, Qwen, Mistral and Gemma only; both are in test_method_matrix.py.
-OTHER_METHODS = ("full", "qlora")
+# Methods that train each family besides lora (which every row exports). Each applies to
+# every family here; a method that cannot train a model says why when the job is created.
+OTHER_METHODS = ("full", "qlora", "unsloth", "prefix")
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """The services, with a trainer that runs two jobs at once: most of a one-step job on a
+    tiny model is its worker starting, which leaves a core free."""
+    running = Services(tmp_path_factory.mktemp("services"), max_running_jobs=2)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +97,12 @@ def test_trains_and_exports_as_gguf_with_its_template(name, exported):
     assert gguf.format == "gguf", gguf.notes
     assert gguf.template_family == (TEMPLATE_FORMATS[template_file] or ""), gguf.notes
     assert gguf.modelfile.startswith("FROM ./model.gguf\n")
+    metadata = read_gguf_metadata(gguf_path(gguf))
+    assert metadata["general.file_type"] == 1  # F16
+    vocabulary = vocabulary_data(FAMILIES[name].vocabulary)
+    if vocabulary.model == "gpt2":
+        # The converter recognised the pre-tokenizer by how the tokenizer splits its test text.
+        assert metadata["tokenizer.ggml.pre"] == vocabulary.pre
     # Every end-of-turn token the template writes is a stop.
     tokenizer = load_tokenizer(Path(gguf.directory))
     from tunewright.core.chat import end_of_turn_tokens
@@ -157,11 +174,27 @@ def test_the_serve_service_answers(name, services, exported):
     assert answer.backend == "llama.cpp" and answer.token_count > 0
 
 
+@pytest.fixture(scope="module")
+def method_jobs(services, dataset, family_model) -> dict[tuple[str, str], str]:
+    """The job of every family that can be built here with each of OTHER_METHODS, by
+    (family, method), all created at once."""
+    return {
+        (name, method): create_job(
+            services.client, family_model(name), dataset, method, max_steps=1, batch_size=4, evaluate=False
+        )
+        for name, family in FAMILIES.items()
+        if not family.why_not_built()
+        for method in OTHER_METHODS
+    }
+
+
 @pytest.mark.parametrize("method", OTHER_METHODS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_every_method_that_applies_trains_the_family(name, method, services, dataset, family_model):
-    job = run_job(services.client, family_model(name), dataset, method, max_steps=1, batch_size=4, evaluate=False)
+def test_every_method_trains_the_family(name, method, services, family_model, method_jobs):
+    family_model(name)  # skips, with the reason, a family that cannot be built here
+    job = finished_job(services.client, method_jobs[name, method])
     assert job.state == trainer_pb.JOB_STATE_SUCCEEDED, f"{name} with {method}: {job.error}"
+    assert job.progress.step == 1 and math.isfinite(job.progress.loss) and job.progress.loss > 0
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
 """Every model family's tiny model (tests/families.py) is what it claims to be: transformers
 loads it; its tokenizer gives the original tokenizer's ids (llama.cpp's recorded ones) and
-llama.cpp's ids on conversations rendered with the family's chat template; llama.cpp's
-converter turns it into a GGUF file that names the family's pre-tokenizer, tokenizes those
-conversations alike, and picks the same next token as transformers at 99% of positions.
+llama.cpp's ids on conversations rendered with the family's chat template. What llama.cpp's
+converter makes of it, once trained, is test_architectures.py's.
 
 One row per family, as in test_method_matrix.py: a family added to FAMILIES gets every test,
 and one that cannot be built here is skipped with the reason its row gives.
@@ -11,9 +10,6 @@ and one that cannot be built here is skipped with the reason its row gives.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,6 @@ from families import (
     CONVERSATIONS,
     FAMILIES,
     Family,
-    read_gguf_metadata,
     recorded_ids,
     render_all,
     vocabulary_data,
@@ -74,39 +69,6 @@ def llama_cpp_ids():
     yield ids
     for engine in loaded.values():
         engine.close()
-
-
-def convert(folder: Path, outfile: Path) -> subprocess.CompletedProcess:
-    """llama.cpp's converter on the folder, as the GGUF export runs it: its own process, its own gguf-py."""
-    from tunewright.plugins.gguf.format import converter_folder
-
-    env = {key: value for key, value in os.environ.items() if key != "NO_LOCAL_GGUF"}
-    env["HF_HUB_OFFLINE"] = "1"
-    command = [sys.executable, str(converter_folder() / "convert_hf_to_gguf.py"), str(folder)]
-    return subprocess.run(
-        [*command, "--outfile", str(outfile), "--outtype", "f16"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def family_gguf(family_model, tmp_path_factory):
-    """``family_gguf(name)``: the family's model converted to an F16 GGUF, once per module."""
-    converted: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in converted:
-            outfile = tmp_path_factory.mktemp(f"{name}-gguf") / "model.gguf"
-            result = convert(family_model(name), outfile)
-            assert result.returncode == 0, f"the converter failed on {name}: {result.stderr[-3000:]}"
-            converted[name] = outfile
-        return converted[name]
-
-    return get
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -171,29 +133,3 @@ def test_tokenizer_gives_llama_cpps_ids_on_rendered_conversations(name, family_m
         assert actual == expected, f"{text!r}: {first_difference(tokenizer, expected, actual)}"
         compared += 1
     assert compared >= len(CONVERSATIONS)
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_converter_writes_a_gguf_that_tokenizes_and_predicts_alike(
-    name, family_model, family_gguf, tokenizers, llama_cpp_ids
-):
-    from tunewright.serve.llamacpp import parity
-
-    family = FAMILIES[name]
-    folder = family_model(name)
-    gguf = family_gguf(name)
-    tokenizer = tokenizers(folder)
-    metadata = read_gguf_metadata(gguf)
-    data = vocabulary_data(family.vocabulary)
-    if data.model == "gpt2":
-        # The converter recognised the pre-tokenizer by how the tokenizer splits its test text.
-        assert metadata["tokenizer.ggml.pre"] == data.pre
-    assert metadata["general.file_type"] == 1  # F16
-    rendered = render_all(tokenizer)
-    for text in rendered:
-        expected = hf_ids(tokenizer, text)
-        actual = llama_cpp_ids(gguf, text)
-        assert actual == expected, f"{text!r}: {first_difference(tokenizer, expected, actual)}"
-    prompts = [hf_ids(tokenizer, text) for text in rendered[0::2]]  # the complete conversations
-    measured = parity(gguf, folder, prompts, continuation_tokens=8)
-    assert measured.top1_agreement >= 0.99, measured
