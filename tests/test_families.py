@@ -118,7 +118,7 @@ def test_tokenizer_gives_llama_cpps_ids_on_rendered_conversations(name, family_m
     if family.vocabulary.pre:
         pytest.skip(
             f"the {family.vocabulary.name} vocabulary file names no pre-tokenizer, so llama.cpp splits it "
-            "with its default; the converted GGUF is compared instead"
+            "with its default; test_architectures.py compares the converted GGUF's tokenizer instead"
         )
     data = vocabulary_data(family.vocabulary)
     # The family's own tokens that the vocabulary file has as placeholders tokenize differently there.
