@@ -72,7 +72,7 @@ demo: install
 	$(BIN)/tunewright demo
 
 test: install
-	$(BIN)/python -m pytest -ra tests
+	$(BIN)/python -m pytest -ra --durations=25 tests
 
 up: install
 	$(BIN)/tunewright up

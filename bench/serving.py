@@ -166,7 +166,8 @@ def main() -> None:
         print(
             f"  {name:28} top-1 agreement {measured.top1_agreement:.2%} over {measured.positions} positions; "
             f"identical greedy {measured.continuation_tokens}-token continuations "
-            f"{measured.identical_continuations:.0%} of {measured.prompts}"
+            f"{measured.identical_continuations:.0%} of {measured.prompts}, "
+            f"{measured.identical_up_to_near_ties:.0%} up to near-ties"
         )
     print(f"answers as served on the {len(held_out)} prompts (greedy, to the end of the turn, <= 64 tokens):")
     for name, texts in answers.items():
