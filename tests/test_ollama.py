@@ -13,9 +13,9 @@ import ollama
 import pytest
 from ollama_double import OllamaDouble
 
+from tunewright.core import ollama as ollama_export
 from tunewright.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from tunewright.serve import ollama as ollama_export
-from tunewright.serve.answers import LENGTH, STOP, Options
+from tunewright.core.generation import LENGTH, STOP, Options
 
 # Ollama's own ChatML template (test data: what the exporter derives is tested elsewhere).
 CHATML_TEMPLATE = (

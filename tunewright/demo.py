@@ -58,8 +58,8 @@ def show_progress(step: int, total: int, loss: float, tokens_per_second: float) 
 def push_to_ollama(client: Client, model: Model) -> Model | None:
     """Registers a GGUF export with the Ollama at $OLLAMA_HOST (or the default address) when
     one answers; returns the model with its push, or None."""
+    from tunewright.core import ollama
     from tunewright.plugins.ollama.target import DEFAULT_HOST
-    from tunewright.serve import ollama
 
     host = os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
     if model.format != "gguf" or not ollama.reachable(host if "://" in host else f"http://{host}", timeout=2.0):

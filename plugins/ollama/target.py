@@ -1,5 +1,5 @@
 """Ollama as a push target, through the official ``ollama`` client
-(``tunewright.serve.ollama`` does the protocol and maps its failures to typed errors).
+(``tunewright.core.ollama`` does the protocol and maps its failures to typed errors).
 
 The GGUF is uploaded as a blob and a model is created from it with the export's Go
 template, system prompt and stops, so Ollama renders and stops exactly as the trained
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewright.core import ollama
 from tunewright.core.errors import FailedPrecondition
 from tunewright.exporters import Exported, OllamaTemplate, Pushed
-from tunewright.serve import ollama
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 # A push is asked for explicitly; answering goes elsewhere if Ollama is slow to say it is there.

@@ -1,40 +1,27 @@
-"""What every backend streams: generation options in, pieces of text out, and the answering
-loop shared by the engines that run in this process. Free of torch and of any engine."""
+"""The answering loop shared by the engines that run in this process, on the options and
+pieces of tunewright.core.generation (re-exported here). Free of torch and of any engine."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunewright.core.chat import end_of_turn_tokens, render
+from tunewright.core.generation import (  # noqa: F401 - re-exported for the service's modules
+    DEFAULT_MAX_NEW_TOKENS,
+    LENGTH,
+    LLAMA_CPP,
+    MAX_NEW_TOKENS,
+    STOP,
+    TRANSFORMERS,
+    Options,
+    Piece,
+)
 
 if TYPE_CHECKING:
     from tunewright.serve.store import ModelRecord
-
-DEFAULT_MAX_NEW_TOKENS = 128
-MAX_NEW_TOKENS = 4096
-STOP, LENGTH = "stop", "length"
-# Which engine answered, as ChatResponse.backend names it.
-TRANSFORMERS, LLAMA_CPP = "transformers", "llama.cpp"
-
-
-@dataclass(frozen=True)
-class Options:
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Piece:
-    text: str
-    token_count: int
-    # "stop" (an end-of-turn token) or "length" on the last piece; None before.
-    finish_reason: str | None = None
 
 
 class TokenBackend:

@@ -41,7 +41,7 @@ from tunewright.core.errors import (
     TunewrightError,
     Unavailable,
 )
-from tunewright.serve.answers import LENGTH, STOP, Options, Piece
+from tunewright.core.generation import LENGTH, STOP, Options, Piece
 
 # The key under ``files``: its ``.gguf`` ending is what selects Ollama's GGUF import.
 GGUF_FILE = "model.gguf"
