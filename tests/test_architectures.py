@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -54,17 +53,13 @@ def services(tmp_path_factory):
     """The services, with a trainer that runs two jobs at once, each worker on one torch
     thread: most of a one-step job on a tiny model is its worker starting (single-threaded
     imports), and two workers of two threads each would fight over this machine's two cores."""
-    threads = os.environ.get("TUNEWRIGHT_TORCH_THREADS")
-    os.environ["TUNEWRIGHT_TORCH_THREADS"] = "1"  # read by each worker as it starts
-    running = Services(tmp_path_factory.mktemp("services"), max_running_jobs=2)
-    try:
-        yield running
-    finally:
-        running.stop()
-        if threads is None:
-            os.environ.pop("TUNEWRIGHT_TORCH_THREADS")
-        else:
-            os.environ["TUNEWRIGHT_TORCH_THREADS"] = threads
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNEWRIGHT_TORCH_THREADS", "1")  # read by each worker as it starts
+        running = Services(tmp_path_factory.mktemp("services"), max_running_jobs=2)
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -76,8 +76,13 @@ class Parity:
     continuation_tokens: int
 
 
+# Logits: a choice the Hugging Face model makes by less than this is a near-tie, which F16's
+# rounding (up to about 0.07 on SmolLM2) may flip.
+NEAR_TIE = 0.1
+
+
 def parity(
-    gguf: Path, hf_folder: Path, prompts: list[list[int]], continuation_tokens: int = 24, near_tie: float = 0.1
+    gguf: Path, hf_folder: Path, prompts: list[list[int]], continuation_tokens: int = 24, near_tie: float = NEAR_TIE
 ) -> Parity:
     """Runs each prompt (token ids) through both engines: the next-token choice at every
     position, and a greedy continuation that ignores end-of-turn tokens."""
@@ -95,8 +100,8 @@ def parity(
             output = model(input_ids=torch.tensor([ids]), use_cache=True)
             expected = output.logits[0].argmax(-1).numpy()
             # Greedy by hand: generate() would stop at, or with min_new_tokens suppress, the
-            # end-of-turn token, which llama.cpp's generator does neither of.
-            # The top two candidates at each step, for telling a near-tie from a real difference.
+            # end-of-turn token, which llama.cpp's generator does neither of. The top two
+            # candidates at each step tell a near-tie from a real difference.
             candidates = [torch.topk(output.logits[0, -1], 2)]
             reference = [int(expected[-1])]
             while len(reference) < continuation_tokens:
