@@ -59,7 +59,7 @@ def test_killing_torchrun_takes_its_processes_with_it(services, tiny_model):
 
     import psutil
 
-    from tunewright.trainer.runner import WORKER_PID
+    from tunewright.trainer.runner import WORKER_PID, worker_pid
 
     client = services.client
     dataset = client.create_dataset(client.upload_bytes("k.jsonl", ("\n".join(ticket_lines(40)) + "\n").encode()).name)
@@ -71,7 +71,7 @@ def test_killing_torchrun_takes_its_processes_with_it(services, tiny_model):
     try:
         for event in client.watch_job(job.name):
             if event.progress and not ranks:
-                launcher = psutil.Process(int(pid_file.read_text()))
+                launcher = psutil.Process(worker_pid(pid_file))
                 ranks = launcher.children()
                 assert len(ranks) == 2 and all(r.is_running() for r in ranks)
                 os.kill(launcher.pid, signal.SIGKILL)

@@ -114,6 +114,11 @@ def test_method(case, matrix_services, memorize_dataset, tiny_model, tmp_path):
     job = client.trainer.GetJob(pb.GetJobRequest(name=job.name)).job
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
     assert job.evaluation.example_count == 2 and job.evaluation.tuned.loss > 0
+    if load_methods()[case.method].capabilities.import_first:
+        # Its worker is a new interpreter, not one forked after transformers and peft were
+        # imported: Unsloth warns when it comes after them, and leaves them unpatched.
+        log = (matrix_services.root / "trainer" / "jobs" / job.name.split("/")[1] / "worker.log").read_text()
+        assert "should be imported before" not in log
 
     # The loss falls on a set small enough to memorize (16 examples, 30 epochs).
     steps = [e.progress for e in events if e.WhichOneof("payload") == "progress"]

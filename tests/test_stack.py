@@ -183,7 +183,7 @@ def test_a_job_survives_ten_worker_kills_and_five_trainer_kills_and_ends_with_th
     from conftest import ticket_lines
     from tunewright.client import Client
     from tunewright.trainer import checkpoints
-    from tunewright.trainer.runner import WORKER_PID
+    from tunewright.trainer.runner import WORKER_PID, worker_pid
 
     process, stack, state = up
     client = Client(stack.address("data"), stack.address("trainer"), stack.address("serve"))
@@ -206,8 +206,8 @@ def test_a_job_survives_ten_worker_kills_and_five_trainer_kills_and_ends_with_th
         whether that write was left torn, or None when the worker had already gone (the
         watch lags the job a little)."""
         try:
-            pid = int((job_dir / WORKER_PID).read_text())
-        except FileNotFoundError:
+            pid = worker_pid(job_dir / WORKER_PID)
+        except (FileNotFoundError, IndexError):
             return None
         staging: list[Path] = []
         deadline = time.monotonic() + 10

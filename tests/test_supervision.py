@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from conftest import ticket_lines
-from tunewright.trainer.runner import MAX_WORKER_ATTEMPTS, WORKER_PID, JobRunner
+from tunewright.trainer.runner import MAX_WORKER_ATTEMPTS, WORKER_PID, JobRunner, worker_pid, write_pid_file
 from tunewright.trainer.store import QUEUED, RUNNING, JobStore
 
 
@@ -22,7 +22,7 @@ def train_killing_workers(services, tiny_model, kills: int):
     for event in client.watch_job(job.name):
         events.append(event)
         if event.progress and event.progress.step == 2 and len(killed) < kills:
-            pid = int(pid_file.read_text())
+            pid = worker_pid(pid_file)
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
     return client.get_job(job.name), events, killed
@@ -51,18 +51,17 @@ def test_a_restarted_trainer_ends_the_worker_its_predecessor_left_running(tmp_pa
     assert store.set_state(job.id, RUNNING, only_from=(QUEUED,))
     job_dir = tmp_path / "jobs" / job.id
     job_dir.mkdir(parents=True)
-    # Stands in for the worker: the same command-line words, its own session as workers have.
-    orphan = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", "-m", "tunewright.trainer.worker", str(job_dir)],
-        start_new_session=True,
-    )
-    (job_dir / WORKER_PID).write_text(f"{orphan.pid}\n")
-    # An unrelated process under a stale pid file is left alone.
+    # Stands in for the worker, in a session of its own as workers are.
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    write_pid_file(job_dir / WORKER_PID, orphan.pid)
+    # An unrelated process under a stale pid file (the pid reused since) is left alone.
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     other, _ = store.create("", "base", "datasets/d", "lora", {}, {})
     store.set_state(other.id, RUNNING, only_from=(QUEUED,))
     (tmp_path / "jobs" / other.id).mkdir()
-    (tmp_path / "jobs" / other.id / WORKER_PID).write_text(f"{bystander.pid}\n")
+    write_pid_file(tmp_path / "jobs" / other.id / WORKER_PID, bystander.pid)
+    started = (tmp_path / "jobs" / other.id / WORKER_PID).read_text().split()[1]
+    (tmp_path / "jobs" / other.id / WORKER_PID).write_text(f"{bystander.pid} {int(started) - 1}\n")
 
     runner = JobRunner(store, tmp_path / "jobs", "127.0.0.1:1", tmp_path / "cache")
     try:
@@ -130,22 +129,21 @@ def test_a_cancel_between_running_and_the_workers_start_stops_the_worker(tmp_pat
     soon as it starts, and the job ends CANCELLED."""
     import threading
 
-    from tunewright.trainer import runner as runner_module
     from tunewright.trainer.store import CANCELLED
 
     store = JobStore(tmp_path / "trainer.sqlite3")
     job, _ = store.create("", "base", "datasets/d", "lora", {}, {})
     runner = JobRunner(store, tmp_path / "jobs", "127.0.0.1:1", tmp_path / "cache")
     at_start, go_on = threading.Event(), threading.Event()
-    real_popen = subprocess.Popen
 
-    def held_popen(command, **options):
+    def held_launch(job_dir, spec, events_fd):
         at_start.set()
         go_on.wait(timeout=30)
         # Stands in for the worker: sleeps until stopped, in its own session as workers are.
-        return real_popen([sys.executable, "-c", "import time; time.sleep(120)"], **options)
+        sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+        return subprocess.Popen(sleeper, pass_fds=(events_fd,), start_new_session=True)
 
-    monkeypatch.setattr(runner_module.subprocess, "Popen", held_popen)
+    monkeypatch.setattr(runner, "_launch", held_launch)
     running = threading.Thread(target=runner._run, args=(store.get(job.id),))
     running.start()
     assert at_start.wait(timeout=30) and store.get(job.id).state == RUNNING

@@ -7,7 +7,9 @@ conversion gets wrong: the Q and K permutation for llama.cpp's rotary layout, ti
 embeddings, the pre-tokenizer name (``smollm`` for SmolLM2: the hash of the tokenizer's
 behaviour picks it), the embedded Jinja chat template, ``general.file_type``. It runs as
 its own process and puts its own ``gguf-py`` first on the path, so the installed ``gguf``
-package cannot shadow the version it was written against.
+package cannot shadow the version it was written against. That process is forked from a fork
+server that has imported what the converter imports (``tunewright.core.forkserver``): the
+imports are 9 of a small model's 14 seconds, and an export runs the converter twice.
 
 Every architecture the converter converts is exported; the list is the converter's own
 (``TEXT_MODEL_MAP`` in its ``conversion`` package), so a newer llama.cpp brings its new
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from tunewright.core.errors import FailedPrecondition
 from tunewright.core.families import gguf_model_name
+from tunewright.core.forkserver import ForkServer, usable
 from tunewright.core.modelfile import modelfile_text
 from tunewright.exporters import Exported, MergedModel
 
@@ -51,6 +54,17 @@ COMMON = (
 FILE = "model.gguf"
 CONVERTER_ENV = "TUNEWRIGHT_LLAMA_CPP"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+# What the converter imports that takes seconds (its own packages from its folder).
+CONVERTER_PRELOAD = (
+    "torch",
+    "transformers",
+    "transformers.core_model_loading",
+    "transformers.models.auto.configuration_auto",
+    "transformers.models.auto.tokenization_auto",
+    "gguf",
+    "conversion",
+    "conversion.base",
+)
 
 
 @dataclass
@@ -119,12 +133,37 @@ class GgufFormat:
 
 
 def _convert(source: Path, outfile: Path, arguments: list[str]) -> subprocess.CompletedProcess:
-    folder = converter_folder()
-    command = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(source), "--outfile", str(outfile)]
+    """Runs the converter; what it printed, standard output and error together, is ``stderr``."""
+    script = str(converter_folder() / "convert_hf_to_gguf.py")
+    args = [str(source), "--outfile", str(outfile), *arguments]
+    env = _converter_env()
+    server = _converter_server(converter_folder())
+    if server is not None:
+        with tempfile.TemporaryFile() as printed:
+            try:
+                code = server.launch(script, args, env, printed.fileno(), printed.fileno()).wait()
+            except (OSError, RuntimeError):
+                pass  # run as a new interpreter below
+            else:
+                printed.seek(0)
+                return subprocess.CompletedProcess([script, *args], code, "", printed.read().decode(errors="replace"))
+    return subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True, check=False)
+
+
+def _converter_env() -> dict[str, str]:
     # The converter puts its own gguf-py first on sys.path itself (unless NO_LOCAL_GGUF is set).
     env = {key: value for key, value in os.environ.items() if key != "NO_LOCAL_GGUF"}
     env["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run([*command, *arguments], env=env, capture_output=True, text=True, check=False)
+    return env
+
+
+@functools.cache
+def _converter_server(folder: Path) -> ForkServer | None:
+    """The converter's fork server in this process, started at the first conversion; None
+    where processes are not forked."""
+    if not usable():
+        return None
+    return ForkServer(_converter_env(), CONVERTER_PRELOAD, [folder / "gguf-py", folder])
 
 
 @functools.cache

@@ -58,8 +58,11 @@ def start_trainer(
     store = JobStore(data_dir / "trainer.sqlite3")
     metrics = Metrics("trainer")
     metrics.add_job_states(store.count_by_state)
-    runner = JobRunner(store, data_dir / "jobs", data_service, model_cache(data_dir), metrics, max_running_jobs)
-    trainer = Trainer(store, runner, load_methods(), dataset_checker(data_service), models_dirs)
+    methods = load_methods()
+    runner = JobRunner(
+        store, data_dir / "jobs", data_service, model_cache(data_dir), metrics, max_running_jobs, methods
+    )
+    trainer = Trainer(store, runner, methods, dataset_checker(data_service), models_dirs)
     server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address, security)
     runner.start()
     return server, runner

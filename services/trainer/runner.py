@@ -1,8 +1,8 @@
 """Runs queued jobs one at a time, each in its own worker process.
 
-The runner thread never trains: it starts ``tunewright.trainer.worker``, turns the
-worker's events into stored job events, and decides how the job ends from what the
-worker said and how it exited.
+The runner thread never trains: it starts ``tunewright.trainer.worker`` (forked from the
+fork server where it can, see ``forkserver``), turns the worker's events into stored job
+events, and decides how the job ends from what the worker said and how it exited.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -23,7 +24,9 @@ from tunewright import contract
 from tunewright.contract import JOB_SPEC, WORKER_LOG, Done, Failed, Hyperparameters, JobSpec
 from tunewright.core.errors import FailedPrecondition
 from tunewright.core.files import write_bytes_atomic
+from tunewright.core.forkserver import PASSED_FD, ForkedWorker, ForkServer, usable
 from tunewright.core.metrics import Metrics
+from tunewright.methods import Method
 from tunewright.trainer import checkpoints
 from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
@@ -34,8 +37,37 @@ KILL_AFTER_SECONDS = 10.0
 # in native code) is run again, up to this many runs in all, before its job is FAILED.
 MAX_WORKER_ATTEMPTS = 3
 WORKER_PID = "worker.pid"
+# What a worker imports that takes seconds: its fork server imports them before the first fork.
+WORKER_PRELOAD = (
+    "torch",
+    "transformers",
+    "transformers.modeling_utils",
+    "transformers.models.auto.modeling_auto",
+    "peft",
+    "safetensors.torch",
+)
 # Building a checkpoint's artifact loads the base model and saves what was trained.
 CHECKPOINT_ARTIFACT_SECONDS = 600
+
+
+def process_start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot; None if there is no such process.
+    With its pid it names one process: a pid is reused, a pid and a start time are not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the fields after the command name, which may hold spaces, start at field 3.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """``PID START_TIME``, for ending the very same process later (``worker_pid`` reads the pid)."""
+    path.write_text(f"{pid} {process_start_time(pid)}\n")
+
+
+def worker_pid(path: Path) -> int:
+    return int(path.read_text().split()[0])
 
 
 def _event_or_none(line: bytes) -> contract.WorkerEvent | None:
@@ -54,6 +86,7 @@ class JobRunner:
         model_cache: Path,
         metrics: Metrics | None = None,
         max_running: int = 1,
+        methods: Mapping[str, Method] | None = None,
     ) -> None:
         if max_running < 1:
             raise ValueError("max_running must be at least 1")
@@ -65,13 +98,17 @@ class JobRunner:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         # The workers running now, by job id.
-        self._running: dict[str, subprocess.Popen] = {}
+        self._running: dict[str, subprocess.Popen | ForkedWorker] = {}
         # Jobs marked RUNNING whose worker is not started yet: a cancel then waits for it.
         self._starting: set[str] = set()
         self._cancelled: set[str] = set()
         # Runs of each job's worker so far in this trainer's life.
         self._attempts: dict[str, int] = {}
         self._artifact_lock = threading.Lock()
+        self._forkserver = ForkServer(self._worker_env(), WORKER_PRELOAD) if usable() else None
+        # A method that must import a library before transformers and peft (Unsloth patches
+        # them) cannot start from the fork server, which has imported them.
+        self._fresh_interpreter = {name for name, m in (methods or {}).items() if m.capabilities.import_first}
         # One thread a slot: each takes the oldest queued job, so the queue is first come, first served.
         self._threads = [
             threading.Thread(target=self._loop, name=f"job-runner-{slot}", daemon=True) for slot in range(max_running)
@@ -133,15 +170,14 @@ class JobRunner:
 
     def _end_orphan(self, job_id: str) -> None:
         """Ends the worker a dead trainer left running for ``job_id``: it would go on writing
-        into the job's folder while the job runs again. Checked by its command line, so a
+        into the job's folder while the job runs again. Checked by its start time, so a
         recycled process id is never hit."""
         pid_file = self.job_dir(job_id) / WORKER_PID
         try:
-            pid = int(pid_file.read_text())
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            pid, started = map(int, pid_file.read_text().split())
         except (OSError, ValueError):
             return
-        if b"tunewright.trainer.worker" in command and str(self.job_dir(job_id)).encode() in command:
+        if process_start_time(pid) == started:
             log.warning("ending the orphaned worker of a dead trainer", job_id=job_id, pid=pid)
             self._terminate_group(pid)
         pid_file.unlink(missing_ok=True)
@@ -159,6 +195,8 @@ class JobRunner:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=KILL_AFTER_SECONDS + 5)
+        if self._forkserver is not None:
+            self._forkserver.close()
 
     def cancel(self, job_id: str) -> bool:
         """Cancels a queued or running job; False if it had already finished."""
@@ -176,7 +214,7 @@ class JobRunner:
         self._terminate(process)
         return True
 
-    def _terminate(self, process: subprocess.Popen) -> None:
+    def _terminate(self, process: subprocess.Popen | ForkedWorker) -> None:
         try:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=KILL_AFTER_SECONDS)
@@ -195,6 +233,40 @@ class JobRunner:
                 os.killpg(pid, 0)  # raises ProcessLookupError once the group is gone
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)
+
+    def _launch(self, job_dir: Path, spec: JobSpec, events_fd: int) -> subprocess.Popen | ForkedWorker:
+        """Starts the job's worker, in a session of its own, writing its events to ``events_fd``
+        and its log to the job's worker.log: forked from the fork server when it is one process
+        and may be, else as a new interpreter (torchrun's for several)."""
+        env = self._worker_env()
+        worker = ["-m", "tunewright.trainer.worker", str(job_dir)]
+        processes = spec.hyperparameters.processes
+        forkable = self._forkserver is not None and spec.method not in self._fresh_interpreter
+        with open(job_dir / WORKER_LOG, "ab") as worker_log:
+            if processes == 1 and forkable:
+                try:
+                    log_fd, args = worker_log.fileno(), [*worker[2:], "--events-fd", str(PASSED_FD)]
+                    return self._forkserver.launch(worker[1], args, env, log_fd, log_fd, events_fd)
+                except (OSError, RuntimeError) as problem:
+                    log.warning("could not fork the worker; starting it as a new interpreter", problem=str(problem))
+            if processes == 1:
+                command = [sys.executable, *worker, "--events-fd", str(events_fd)]
+                pass_fds, stdout = (events_fd,), worker_log
+            else:
+                # torchrun starts the processes and closes every descriptor but the standard
+                # three: the first process writes its events to standard output.
+                launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+                command = [sys.executable, *launcher, *worker, "--events-fd", "1"]
+                pass_fds, stdout = (), events_fd
+            return subprocess.Popen(
+                command,
+                pass_fds=pass_fds,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=worker_log,
+                env=env,
+                start_new_session=True,
+            )
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -239,28 +311,7 @@ class JobRunner:
         write_bytes_atomic(job_dir / JOB_SPEC, contract.to_json(spec))
         checkpoint_before = self._checkpoint_step(job.id)
         read_fd, write_fd = os.pipe()
-        env = self._worker_env()
-        worker = ["-m", "tunewright.trainer.worker", str(job_dir)]
-        processes = spec.hyperparameters.processes
-        with open(job_dir / WORKER_LOG, "ab") as worker_log:
-            if processes == 1:
-                command = [sys.executable, *worker, "--events-fd", str(write_fd)]
-                pass_fds, stdout = (write_fd,), worker_log
-            else:
-                # torchrun starts the processes and closes every descriptor but the standard
-                # three: the first process writes its events to standard output.
-                launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-                command = [sys.executable, *launcher, *worker, "--events-fd", "1"]
-                pass_fds, stdout = (), write_fd
-            process = subprocess.Popen(
-                command,
-                pass_fds=pass_fds,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=worker_log,
-                env=env,
-                start_new_session=True,
-            )
+        process = self._launch(job_dir, spec, write_fd)
         os.close(write_fd)
         with self._lock:
             self._running[job.id] = process
@@ -269,7 +320,7 @@ class JobRunner:
         if cancelled_while_starting:
             # Stopped from another thread, so that its events are still read here until it exits.
             threading.Thread(target=self._terminate, args=(process,), daemon=True).start()
-        (job_dir / WORKER_PID).write_text(f"{process.pid}\n")
+        write_pid_file(job_dir / WORKER_PID, process.pid)
         self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
         bound.info("worker started", pid=process.pid, attempt=self._attempts[job.id])
         error: Failed | None = None
