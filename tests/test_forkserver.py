@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -86,13 +87,21 @@ def test_a_forked_process_gets_its_arguments_environment_log_and_exit_code(forks
     assert other.wait(timeout=60) == 0
 
 
-def test_a_signal_to_the_workers_process_group_is_its_exit_status(forkserver, tmp_path):
+def test_a_signal_to_the_process_group_is_the_exit_status_every_waiting_thread_gets(forkserver, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
     worker, events = launch(forkserver, tmp_path, "0", "sleep")
     with events:
         events.readline()
     assert worker.poll() is None
-    os.killpg(worker.pid, signal.SIGKILL)
-    assert worker.wait(timeout=60) == -signal.SIGKILL
+    with ThreadPoolExecutor(1) as pool:
+        # As the runner's thread waits for the worker while a cancel waits to see it stop.
+        waiting = pool.submit(worker.wait)
+        with pytest.raises(subprocess.TimeoutExpired):
+            worker.wait(timeout=0.2)
+        os.killpg(worker.pid, signal.SIGKILL)
+        assert worker.wait(timeout=60) == -signal.SIGKILL
+        assert waiting.result(timeout=60) == -signal.SIGKILL
 
 
 def test_a_worker_does_not_outlive_its_dead_fork_server(tmp_path):

@@ -61,38 +61,38 @@ def usable() -> bool:
 
 
 class ForkedWorker:
-    """A process forked by a fork server, with the part of ``subprocess.Popen`` callers use."""
+    """A process forked by a fork server, with the part of ``subprocess.Popen`` callers use.
+
+    Any number of threads may wait for it: one thread of its own reads the exit status."""
 
     def __init__(self, status: socket.socket, pid: int) -> None:
-        self._status = status
         self.pid = pid
         self.returncode: int | None = None
+        self._ended = threading.Event()
+        threading.Thread(target=self._read_exit, args=(status,), name=f"forked-{pid}", daemon=True).start()
 
-    def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is not None:
-            return self.returncode
-        self._status.settimeout(timeout)
-        try:
-            message = self._status.recv(64)
-        except (TimeoutError, BlockingIOError):
-            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout) from None
+    def _read_exit(self, status: socket.socket) -> None:
+        with status:
+            message = status.recv(64)
         if message.startswith(b"exit "):
             self.returncode = int(message.split()[1])
         else:
             # The fork server died before its child: end the child, whose status is lost with it.
-            log.warning("the fork server ended before its worker; stopping the worker", pid=self.pid)
+            log.warning("the fork server ended before its process; stopping that process", pid=self.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
             _wait_for_exit(self.pid)
             self.returncode = -signal.SIGKILL
-        self._status.close()
+        self._ended.set()
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"forked process {self.pid}", timeout)
+        assert self.returncode is not None
         return self.returncode
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                return self.wait(timeout=0)
-        return self.returncode
+        return self.returncode if self._ended.is_set() else None
 
 
 def _wait_for_exit(pid: int) -> None:
