@@ -109,7 +109,13 @@ class Services:
     The trainer takes base models from ``models_dirs``: by default the folder above ``root``,
     pytest's temporary root (where ``tiny_model`` and the converted models are)."""
 
-    def __init__(self, root: Path, models_dirs: list[Path] | None = None, max_running_jobs: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        models_dirs: list[Path] | None = None,
+        max_running_jobs: int = 1,
+        memory_limit_bytes: int | None = None,
+    ) -> None:
         from tunewright.client import Client
         from tunewright.data.app import start_data
         from tunewright.serve.app import start_serve
@@ -126,6 +132,7 @@ class Services:
             metrics,
             models_dirs=models_dirs or [root.parent],
             max_running_jobs=max_running_jobs,
+            memory_limit_bytes=memory_limit_bytes,
         )
         self.trainer_address = f"127.0.0.1:{self.trainer.port}"
         self.serve = start_serve("127.0.0.1:0", root / "serve", self.trainer_address, metrics)

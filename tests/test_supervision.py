@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ticket_lines
 from tunewright.trainer.runner import MAX_WORKER_ATTEMPTS, WORKER_PID, JobRunner, worker_pid, write_pid_file
 from tunewright.trainer.store import QUEUED, RUNNING, JobStore
@@ -152,3 +154,39 @@ def test_a_cancel_between_running_and_the_workers_start_stops_the_worker(tmp_pat
     running.join(timeout=30)
     assert not running.is_alive()
     assert store.get(job.id).state == CANCELLED
+
+
+def test_a_worker_over_the_memory_limit_is_stopped_and_its_job_fails_out_of_memory(tmp_path, tiny_model):
+    """With --memory-limit the trainer stops a worker that passes it (here at once: the
+    limit is below what a worker's libraries take), before the kernel's out-of-memory killer
+    would choose a process; the job fails OUT_OF_MEMORY with the peak and what to change, and
+    is not run again, as a crash would be."""
+    from conftest import Services
+
+    limit = 256 * 2**20
+    services = Services(tmp_path / "services", models_dirs=[tiny_model.parent], memory_limit_bytes=limit)
+    try:
+        client = services.client
+        data = ("\n".join(ticket_lines(40)) + "\n").encode()
+        dataset = client.create_dataset(client.upload_bytes("k.jsonl", data).name)
+        job = client.create_job(dataset.name, base_model=str(tiny_model), epochs=3, batch_size=8, evaluate=False)
+        states = [e.state for e in client.watch_job(job.name) if e.state]
+        job = client.get_job(job.name)
+    finally:
+        services.stop()
+    assert states == ["queued", "running", "failed"]
+    assert job.error.code == "OUT_OF_MEMORY", job.error
+    assert "memory limit (0.25 GiB, --memory-limit)" in job.error.message
+    peak = float(job.error.message.split(" GiB resident")[0].rsplit(" ", 1)[1])
+    assert peak > 0.25
+    assert "micro_batch_size" in job.error.message and "qlora" in job.error.message
+
+
+def test_memory_sizes_read_as_people_write_them():
+    from tunewright.trainer.memory import parse_size
+
+    assert parse_size("8G") == parse_size("8GiB") == parse_size("8gb") == 8 * 2**30
+    assert parse_size("512M") == 512 * 2**20 and parse_size("1.5G") == 3 * 2**29 and parse_size("4096") == 4096
+    for wrong in ("lots", "-1G", "0", "8X"):
+        with pytest.raises(ValueError, match="write it as 8G"):
+            parse_size(wrong)

@@ -9,6 +9,7 @@ from tunewright.core.logging import configure_logging
 from tunewright.core.security import add_server_arguments, server_security
 from tunewright.core.server import serve_until_signalled
 from tunewright.trainer.app import start_trainer
+from tunewright.trainer.memory import parse_size
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +35,14 @@ def main(argv: list[str] | None = None) -> None:
         help="a folder whose model folders a job's base_model may name; repeat for several "
         "(default: DATA_DIR/models). Built-in model names are always allowed",
     )
+    parser.add_argument(
+        "--memory-limit",
+        type=parse_size,
+        metavar="SIZE",
+        help="stop a job's worker whose resident memory passes SIZE (8G, 8GiB, 512M), and fail its job "
+        "OUT_OF_MEMORY with what to change, before the kernel's out-of-memory killer picks a process "
+        "(default: no limit of the trainer's own)",
+    )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging("trainer")
@@ -45,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         server_security(args),
         args.max_running_jobs,
         args.models_dirs,
+        args.memory_limit,
     )
     serve_until_signalled(server, on_stop=runner.stop)
 

@@ -48,9 +48,11 @@ def start_trainer(
     security: ServerSecurity | None = None,
     max_running_jobs: int = 1,
     models_dirs: Sequence[Path] | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> tuple[Server, JobRunner]:
     """Starts the trainer. A job's base_model may name a folder only under ``models_dirs``
-    (default: ``<data_dir>/models``, made here so that there is a place to put models)."""
+    (default: ``<data_dir>/models``, made here so that there is a place to put models). A
+    worker whose resident memory passes ``memory_limit_bytes`` is stopped (OUT_OF_MEMORY)."""
     data_dir = Path(data_dir)
     if models_dirs is None:
         models_dirs = [data_dir / "models"]
@@ -60,7 +62,14 @@ def start_trainer(
     metrics.add_job_states(store.count_by_state)
     methods = load_methods()
     runner = JobRunner(
-        store, data_dir / "jobs", data_service, model_cache(data_dir), metrics, max_running_jobs, methods
+        store,
+        data_dir / "jobs",
+        data_service,
+        model_cache(data_dir),
+        metrics,
+        max_running_jobs,
+        methods,
+        memory_limit_bytes,
     )
     trainer = Trainer(store, runner, methods, dataset_checker(data_service), models_dirs)
     server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address, security)

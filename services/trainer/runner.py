@@ -28,6 +28,7 @@ from tunewright.core.forkserver import PASSED_FD, ForkedWorker, ForkServer, usab
 from tunewright.core.metrics import Metrics
 from tunewright.methods import Method
 from tunewright.trainer import checkpoints
+from tunewright.trainer.memory import MemoryWatch, gib, oom_kills
 from tunewright.trainer.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = structlog.get_logger(__name__)
@@ -87,6 +88,7 @@ class JobRunner:
         metrics: Metrics | None = None,
         max_running: int = 1,
         methods: Mapping[str, Method] | None = None,
+        memory_limit_bytes: int | None = None,
     ) -> None:
         if max_running < 1:
             raise ValueError("max_running must be at least 1")
@@ -95,6 +97,8 @@ class JobRunner:
         self.jobs_dir = Path(jobs_dir)
         self.data_service = data_service
         self.model_cache = Path(model_cache)
+        # A worker whose resident memory passes this is stopped, and its job FAILED OUT_OF_MEMORY.
+        self.memory_limit_bytes = memory_limit_bytes
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         # The workers running now, by job id.
@@ -234,6 +238,32 @@ class JobRunner:
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)
 
+    def _out_of_memory(
+        self, code: int, watch: MemoryWatch | None, oom_kills_before: int | None, last: contract.Progress | None
+    ) -> str | None:
+        """Why the worker ran out of memory, for the job's error; None if it did not. A job
+        that ran out once runs out again: it is not run again, the user changes it."""
+        if code != -signal.SIGKILL:
+            return None
+        peak = max(watch.peak_bytes if watch else 0, last.peak_memory_bytes if last else 0)
+        where = f"at step {last.step}" if last else "before its first step"
+        fixes = (
+            "lower micro_batch_size (batch_size stays, in more passes) or max_seq_length, or train with "
+            "method qlora (a 4-bit base)"
+        )
+        if watch is not None and watch.exceeded:
+            return (
+                f"the worker passed the trainer's memory limit ({gib(watch.limit_bytes)}, --memory-limit) {where}, "
+                f"at {gib(peak)} resident, and was stopped; {fixes}, or give the trainer a higher limit"
+            )
+        after = oom_kills()
+        if oom_kills_before is not None and after is not None and after > oom_kills_before:
+            return (
+                f"the worker was killed {where}, probably by the kernel's out-of-memory killer (it ended a "
+                f"process while this worker ran); its peak so far was {gib(peak)} resident; {fixes}"
+            )
+        return None
+
     def _launch(self, job_dir: Path, spec: JobSpec, events_fd: int) -> subprocess.Popen | ForkedWorker:
         """Starts the job's worker, in a session of its own, writing its events to ``events_fd``
         and its log to the job's worker.log: forked from the fork server when it is one process
@@ -311,8 +341,10 @@ class JobRunner:
         write_bytes_atomic(job_dir / JOB_SPEC, contract.to_json(spec))
         checkpoint_before = self._checkpoint_step(job.id)
         read_fd, write_fd = os.pipe()
+        oom_kills_before = oom_kills()
         process = self._launch(job_dir, spec, write_fd)
         os.close(write_fd)
+        watch = MemoryWatch(process.pid, self.memory_limit_bytes) if self.memory_limit_bytes else None
         with self._lock:
             self._running[job.id] = process
             self._starting.discard(job.id)
@@ -325,6 +357,7 @@ class JobRunner:
         bound.info("worker started", pid=process.pid, attempt=self._attempts[job.id])
         error: Failed | None = None
         done = False
+        last: contract.Progress | None = None
         with os.fdopen(read_fd, "rb") as events:
             for line in events:
                 try:
@@ -339,7 +372,11 @@ class JobRunner:
                 else:
                     self.store.record(job.id, contract.event_kind(event), contract.event_payload(event))
                     self._measure(event)
+                    if isinstance(event, contract.Progress):
+                        last = event
         code = process.wait()
+        if watch is not None:
+            watch.stop()
         (job_dir / WORKER_PID).unlink(missing_ok=True)
         with self._lock:
             del self._running[job.id]
@@ -357,10 +394,10 @@ class JobRunner:
             self.store.set_state(job.id, SUCCEEDED)
         elif error is not None:
             self.store.set_state(job.id, FAILED, error.code, error.message)
+        elif (out_of_memory := self._out_of_memory(code, watch, oom_kills_before, last)) is not None:
+            self.store.set_state(job.id, FAILED, "OUT_OF_MEMORY", out_of_memory)
         else:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            if code == -signal.SIGKILL:
-                how += " (out of memory?)"
             checkpoint = self._checkpoint_step(job.id)
             if checkpoint > checkpoint_before:
                 # It got somewhere: only runs that end without a new checkpoint count to the limit.
