@@ -8,15 +8,20 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tunewright.core.forkserver import PASSED_FD, ForkServer, usable
+from tunewright.core.forkserver import PASSED_FD, ForkServer
 
-pytestmark = pytest.mark.skipif(not usable(), reason="workers are forked only on Linux without an NVIDIA driver")
+# The fork server itself works on any Linux; ``usable`` also keeps callers off it where an
+# NVIDIA driver is, which these probes (torch imported, CUDA untouched) do not need.
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the fork server uses Linux's pidfd_open and SOCK_SEQPACKET"
+)
 
 # Stands in for tunewright.trainer.worker: reports what it sees on its events descriptor,
 # writes a line to its log, then sleeps when asked to and exits with the code it was given.

@@ -269,14 +269,15 @@ class JobRunner:
         and its log to the job's worker.log: forked from the fork server when it is one process
         and may be, else as a new interpreter (torchrun's for several)."""
         env = self._worker_env()
-        worker = ["-m", "tunewright.trainer.worker", str(job_dir)]
+        module = "tunewright.trainer.worker"
+        worker = ["-m", module, str(job_dir)]
         processes = spec.hyperparameters.processes
         forkable = self._forkserver is not None and spec.method not in self._fresh_interpreter
         with open(job_dir / WORKER_LOG, "ab") as worker_log:
             if processes == 1 and forkable:
                 try:
-                    log_fd, args = worker_log.fileno(), [*worker[2:], "--events-fd", str(PASSED_FD)]
-                    return self._forkserver.launch(worker[1], args, env, log_fd, log_fd, events_fd)
+                    log_fd, args = worker_log.fileno(), [str(job_dir), "--events-fd", str(PASSED_FD)]
+                    return self._forkserver.launch(module, args, env, log_fd, log_fd, events_fd)
                 except (OSError, RuntimeError) as problem:
                     log.warning("could not fork the worker; starting it as a new interpreter", problem=str(problem))
             if processes == 1:

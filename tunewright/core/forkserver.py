@@ -54,7 +54,7 @@ PASSED_FD = 3
 
 
 def usable() -> bool:
-    """Whether workers may be forked here: Linux, no NVIDIA driver, not turned off."""
+    """Whether callers should fork their processes here: Linux, no NVIDIA driver, not turned off."""
     if os.environ.get(ENABLE, "1") == "0" or not sys.platform.startswith("linux"):
         return False
     return not Path("/proc/driver/nvidia").exists()
