@@ -135,6 +135,24 @@ def test_the_whole_path_upload_train_watch_plot_export_chat(services, tiny_model
     assert {"lora", "qlora", "unsloth", "prefix", "full"} <= {m["name"] for m in methods}
 
 
+def test_jobs_estimate_takes_the_options_of_jobs_create_and_creates_nothing(services, tiny_model, tmp_path):
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("\n".join(ticket_lines(40)) + "\n")
+    dataset = ok_json(tunewright(services, "datasets", "upload", str(data), "--json"))["name"]
+    options = ["--dataset", dataset, "--base-model", str(tiny_model), "--param", "r=4", "--epochs", "3"]
+    found = ok_json(tunewright(services, "jobs", "estimate", *options, "--batch-size", "4", "--json"))
+    assert found["fits"] and found["steps"] == 3 * 8 and found["largest_pass_rows"] == 4  # 32 training examples
+    assert sum(found["breakdown"].values()) == found["peak_memory_bytes"] > 0
+    assert found["seconds_per_step"] > 0 and found["total_seconds"] >= found["training_seconds"]
+    shown = tunewright(services, "jobs", "estimate", *options)
+    assert shown.returncode == 0, shown.stderr
+    assert "peak memory about" in shown.stdout and ": fits" in shown.stdout and "activations" in shown.stdout
+    assert all(job["dataset"] != dataset for job in ok_json(tunewright(services, "jobs", "list", "--json")))
+    # create's own options are not estimate's.
+    watch = tunewright(services, "jobs", "estimate", *options, "--watch")
+    assert watch.returncode == 2 and "No such option" in watch.stderr
+
+
 def test_a_bad_file_is_one_readable_line_naming_the_line_and_the_fix(services, tmp_path):
     lines = ticket_lines(10)
     lines[2] = lines[2][:-5]  # line 3: JSON cut off

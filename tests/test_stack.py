@@ -34,6 +34,7 @@ def up(tmp_path_factory):
     metrics_ports = {name: free_port() for name in SERVICES}
     # The tiny model is built elsewhere under pytest's temporary root.
     command = [CLI, "up", "--state-dir", str(state), "--models-dir", str(tmp_path_factory.getbasetemp())]
+    command += ["--memory-limit", "20G"]  # passed on to the trainer
     for name in SERVICES:
         command += [f"--{name}-port", str(ports[name]), f"--{name}-metrics-port", str(metrics_ports[name])]
     log = open(state / "up.log", "wb")  # noqa: SIM115 - closed below
@@ -58,6 +59,8 @@ def test_three_processes_with_their_own_data_directories(up):
     service_args = sorted(next(a for a in c.cmdline() if a.startswith("tunewright.")) for c in children)
     assert service_args == ["tunewright.data", "tunewright.serve", "tunewright.trainer"]
     assert len({c.pid for c in children}) == 3
+    trainer = next(c.cmdline() for c in children if "tunewright.trainer" in c.cmdline())
+    assert trainer[trainer.index("--memory-limit") + 1] == "20G"
     assert (state / "data" / "data.sqlite3").is_file()
     assert (state / "trainer" / "trainer.sqlite3").is_file()
     assert (state / "serve" / "serve.sqlite3").is_file()

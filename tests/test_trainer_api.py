@@ -88,6 +88,7 @@ def test_a_job_trains_evaluates_and_publishes_its_artifact(services, tiny_model,
     # The batch layout is said too, and each evaluation's time apart from training's.
     assert "batches: left-padded, logits only where a token is trained, examples grouped by length" in logs
     assert not job.hyperparameters.packing and job.hyperparameters.group_by_length
+    assert job.hyperparameters.gradient_checkpointing == "off"  # "auto": the job fits without
     assert evaluation.base.seconds > 0 and evaluation.tuned.seconds > 0
     assert any(line.startswith("evaluated the base model in ") for line in logs)
     assert any(line.startswith("trained in ") for line in logs)
@@ -159,6 +160,16 @@ def test_bad_requests_are_refused_up_front_naming_the_field(services, tiny_model
         (dict(batch_size=4, micro_batch_size=8), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.micro_batch_size"),
         (dict(precision="fp8"), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.precision"),
         (dict(method="prefix", packing=True), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.packing"),
+        (
+            dict(gradient_checkpointing="sometimes"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "hyperparameters.gradient_checkpointing",
+        ),
+        (
+            dict(method="prefix", gradient_checkpointing="on"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "hyperparameters.gradient_checkpointing",
+        ),
         (dict(learning_rate=5.0), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.learning_rate"),
         (dict(dataset="datasets/missing"), grpc.StatusCode.NOT_FOUND, "dataset"),
     ]

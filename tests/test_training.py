@@ -213,6 +213,41 @@ def test_gradient_checkpointing_recomputes_with_the_attention_the_pass_used(tiny
     assert len(steps) == 4 and all(step.loss > 0 for step in steps)
 
 
+@pytest.mark.parametrize("method_name", ["lora", "full"])
+def test_checkpointed_activations_give_the_same_gradient(tiny_model, tiny_tokenizer, method_name):
+    """gradient_checkpointing "on" (``checkpoint_activations`` after the method's prepare)
+    recomputes what a pass would have kept: the loss and the trained gradients are those of a
+    pass that kept everything. (A prefix cannot be recomputed layer by layer: CreateJob
+    refuses "on" for it.)"""
+    import torch
+
+    from tunewright.core.chat import tokenize_for_training
+    from tunewright.methods import Runtime
+    from tunewright.parameters import build_config
+    from tunewright.plugin_manager import get_method, load_methods
+    from tunewright.trainer import training
+
+    method = get_method(load_methods(), method_name)
+    config = build_config(method, {})
+    examples = [tokenize_for_training(tiny_tokenizer, json.loads(line)["messages"], 256) for line in ticket_lines(6)]
+    layout = training.layout_for(False, method.capabilities.takes_position_ids, True)[0]
+
+    def gradient(checkpointed: bool) -> tuple[float, torch.Tensor]:
+        torch.manual_seed(0)
+        model = method.prepare(method.load_base(tiny_model, config, Runtime("cpu", False)), config)
+        assert training.checkpoint_activations(model) if checkpointed else True
+        model.train()
+        loss, _ = training.accumulate_gradients(
+            model, examples, 0, tiny_tokenizer.pad_token_id, torch.device("cpu"), layout
+        )
+        return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+    kept_loss, kept = gradient(False)
+    recomputed_loss, recomputed = gradient(True)
+    assert recomputed_loss == pytest.approx(kept_loss, rel=1e-6)
+    assert torch.allclose(recomputed, kept, rtol=1e-5, atol=1e-8)
+
+
 def test_batches_grouped_by_length_are_a_shuffled_permutation_with_little_padding():
     import random
 

@@ -37,7 +37,19 @@ from tunewright.core.basemodel import DEFAULT_BASE_MODEL
 from tunewright.core.security import open_channel
 from tunewright.data.v1 import data_service_pb2 as data_pb
 from tunewright.data.v1 import data_service_pb2_grpc as data_grpc
-from tunewright.records import Answer, Checkpoint, CleaningAction, Dataset, File, Job, JobEvent, Method, Model, Piece
+from tunewright.records import (
+    Answer,
+    Checkpoint,
+    CleaningAction,
+    Dataset,
+    File,
+    Job,
+    JobEstimate,
+    JobEvent,
+    Method,
+    Model,
+    Piece,
+)
 from tunewright.serve.v1 import serve_service_pb2 as serve_pb
 from tunewright.serve.v1 import serve_service_pb2_grpc as serve_grpc
 from tunewright.trainer.v1 import trainer_service_pb2 as trainer_pb
@@ -295,13 +307,16 @@ class Client:
         method: str = "lora",
         parameters: dict[str, Any] | None = None,
         request_id: str = "",
+        ignore_memory_estimate: bool = False,
         **hyperparameters: Any,
     ) -> Job:
         """Queues a fine-tuning job. ``parameters`` are the method's own (``list_methods`` shows
         them); ``hyperparameters`` are epochs, batch_size, learning_rate, max_seq_length, seed,
         max_steps, evaluate, eval_max_new_tokens, micro_batch_size, precision, packing,
-        checkpoint_every, keep_checkpoints, processes and group_by_length (trainer_service.proto
-        says what each means), each the trainer's default when left out."""
+        checkpoint_every, keep_checkpoints, processes, group_by_length and gradient_checkpointing (trainer_service.proto
+        says what each means), each the trainer's default when left out. A job estimated to
+        need more memory than the trainer may use is refused (RESOURCE_EXHAUSTED, with what
+        would fit) unless ``ignore_memory_estimate``."""
         request = trainer_pb.CreateJobRequest(
             request_id=request_id or uuid.uuid4().hex,
             base_model=base_model,
@@ -309,8 +324,29 @@ class Client:
             method=method,
             method_parameters={k: parameter_value(v) for k, v in (parameters or {}).items()},
             hyperparameters=trainer_pb.Hyperparameters(**{k: v for k, v in hyperparameters.items() if v is not None}),
+            ignore_memory_estimate=ignore_memory_estimate,
         )
         return Job.from_pb(self._call("trainer", self.trainer.CreateJob, request, timeout=120).job)
+
+    def estimate_job(
+        self,
+        dataset: str,
+        base_model: str = DEFAULT_BASE_MODEL,
+        method: str = "lora",
+        parameters: dict[str, Any] | None = None,
+        **hyperparameters: Any,
+    ) -> JobEstimate:
+        """What ``create_job`` with the same arguments would take: peak memory and where it
+        goes, seconds per step and in all, whether it fits the trainer's memory, and if not,
+        what would. Nothing is created."""
+        request = trainer_pb.EstimateJobRequest(
+            base_model=base_model,
+            dataset=full_name("datasets", dataset),
+            method=method,
+            method_parameters={k: parameter_value(v) for k, v in (parameters or {}).items()},
+            hyperparameters=trainer_pb.Hyperparameters(**{k: v for k, v in hyperparameters.items() if v is not None}),
+        )
+        return JobEstimate.from_pb(self._call("trainer", self.trainer.EstimateJob, request, timeout=120).estimate)
 
     def get_job(self, name: str) -> Job:
         request = trainer_pb.GetJobRequest(name=full_name("jobs", name))

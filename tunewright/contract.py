@@ -83,6 +83,8 @@ class Hyperparameters(_Frozen):
     processes: int = 1
     # Batches drawn among examples of similar length (less padding); shuffled all the same.
     group_by_length: bool = True
+    # "on", "off", or "auto": on where the job would not fit the trainer's memory without it.
+    gradient_checkpointing: str = "auto"
 
 
 class JobSpec(_Frozen):

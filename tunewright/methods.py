@@ -92,10 +92,10 @@ def detect_runtime() -> Runtime:
 
     if torch.cuda.is_available():
         return Runtime("cuda", torch.cuda.is_bf16_supported())
-    return Runtime("cpu", _cpu_has_bf16())
+    return Runtime("cpu", cpu_has_bf16())
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -131,3 +131,10 @@ class Method(Protocol):
     def merge(self, folder: Path, config: Any, directory: Path) -> Any:
         """A plain transformers model, in full precision, with the result in ``directory``
         folded into the base in ``folder``. Only called when ``capabilities.mergeable``."""
+
+    # Optional, and so not declared here (a protocol's members are all required):
+    #
+    #     def footprint(self, shape: ModelShape, config: Any, runtime: Runtime) -> Footprint
+    #
+    # what the method does with a model of ``shape`` (tunewright.estimate), for the estimate
+    # before a job. It runs in the trainer service: arithmetic only, no torch.

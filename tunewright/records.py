@@ -254,6 +254,59 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class MemoryFix:
+    """A change that makes a job fit the trainer's memory, and what the job would then take."""
+
+    change: str
+    description: str
+    peak_memory_bytes: int
+    seconds_per_step: float
+    fits: bool
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """What a job would take (EstimateJob): peak memory and where it goes, time, whether it fits."""
+
+    peak_memory_bytes: int
+    device_memory_bytes: int
+    # Part name to bytes; the parts sum to the peak.
+    breakdown: dict[str, int]
+    seconds_per_step: float
+    steps: int
+    training_seconds: float
+    total_seconds: float
+    tokens_per_second: float
+    largest_pass_rows: int
+    largest_pass_tokens: int
+    memory_limit_bytes: int
+    fits: bool
+    fixes: list[MemoryFix]
+    notes: list[str]
+
+    @classmethod
+    def from_pb(cls, m: trainer_pb.JobEstimate) -> JobEstimate:
+        return cls(
+            peak_memory_bytes=m.peak_memory_bytes,
+            device_memory_bytes=m.device_memory_bytes,
+            breakdown={part.name: part.bytes for part in m.breakdown},
+            seconds_per_step=m.seconds_per_step,
+            steps=m.steps,
+            training_seconds=m.training_seconds,
+            total_seconds=m.total_seconds,
+            tokens_per_second=m.tokens_per_second,
+            largest_pass_rows=m.largest_pass_rows,
+            largest_pass_tokens=m.largest_pass_tokens,
+            memory_limit_bytes=m.memory_limit_bytes,
+            fits=m.fits,
+            fixes=[
+                MemoryFix(f.change, f.description, f.peak_memory_bytes, f.seconds_per_step, f.fits) for f in m.fixes
+            ],
+            notes=list(m.notes),
+        )
+
+
+@dataclass(frozen=True)
 class Validation:
     step: int
     epoch: float

@@ -50,6 +50,8 @@ class Stack:
     max_running_jobs: int = 1
     # The folders a job's base_model may name (the trainer's --models-dir); None: STATE_DIR/models.
     models_dirs: list[Path] | None = None
+    # The trainer's --memory-limit, as written (8G, 512M); None: the host's free memory.
+    memory_limit: str | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -74,6 +76,8 @@ class Stack:
             command += ["--data-service", self.address("data"), "--max-running-jobs", str(self.max_running_jobs)]
             for folder in self.models_dirs:
                 command += ["--models-dir", str(folder)]
+            if self.memory_limit:
+                command += ["--memory-limit", self.memory_limit]
         if service == "serve":
             command += ["--trainer-service", self.address("trainer")]
         if self.metrics_ports:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewright.core.basemodel import load_model
+from tunewright.estimate import FLOAT32, Footprint, ModelShape
 from tunewright.methods import ArtifactKind, Capabilities, Runtime
 from tunewright.plugins.lora.config import LoraConfig
 from tunewright.plugins.peft_adapters import (
@@ -43,6 +44,11 @@ class LoraMethod:
 
     def load_base(self, folder: Path, config: LoraConfig, runtime: Runtime) -> Any:
         return load_model(folder).to(runtime.device)
+
+    def footprint(self, shape: ModelShape, config: LoraConfig, runtime: Runtime) -> Footprint:
+        return Footprint(
+            trainable=shape.lora_params(config.r, config.target_modules), frozen_bytes=shape.params * FLOAT32
+        )
 
     def prepare(self, model: Any, config: LoraConfig) -> Any:
         import peft

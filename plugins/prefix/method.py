@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewright.core.basemodel import load_model
+from tunewright.estimate import FLOAT32, Footprint, ModelShape
 from tunewright.methods import ArtifactKind, Capabilities, Runtime
 from tunewright.plugins.peft_adapters import load_adapter, save_adapter
 from tunewright.plugins.prefix.config import PrefixConfig
@@ -69,6 +70,23 @@ class PrefixMethod:
 
     def load_base(self, folder: Path, config: PrefixConfig, runtime: Runtime) -> Any:
         return load_model(folder).to(runtime.device)
+
+    def footprint(self, shape: ModelShape, config: PrefixConfig, runtime: Runtime) -> Footprint:
+        # A key and a value vector a layer for each virtual token, or the MLP that makes them.
+        prefix = shape.layers * 2 * shape.kv_heads * shape.head_dim
+        trainable = config.num_virtual_tokens * prefix
+        if config.prefix_projection:
+            hidden = config.encoder_hidden_size
+            trainable = config.num_virtual_tokens * shape.hidden + shape.hidden * hidden + hidden * prefix
+        return Footprint(
+            trainable=trainable,
+            frozen_bytes=shape.params * FLOAT32,
+            # No adapter keeps the linear layers' inputs: less is saved than with LoRA, and
+            # less computed (bench/memory.py).
+            activation_scale=0.7,
+            slowdown=0.8,
+            extra_positions=config.num_virtual_tokens,
+        )
 
     def prepare(self, model: Any, config: PrefixConfig) -> Any:
         import peft

@@ -12,12 +12,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunewright.estimate import FLOAT32, Footprint, ModelShape
 from tunewright.methods import ArtifactKind, Capabilities, Runtime
 from tunewright.plugins.lora.method import peft_lora_config
 from tunewright.plugins.peft_adapters import check_target_modules, load_adapter, merge_adapter, save_adapter
 from tunewright.plugins.qlora.config import QloraConfig
 
 CPU = Runtime("cpu", bf16=False)
+# For the estimate, measured with bench/memory.py: a step against 4-bit weights takes this
+# many times as long as against float32 ones (each weight is dequantized at every use), and
+# importing bitsandbytes takes this much memory.
+QLORA_SLOWDOWN = 1.05
+BITSANDBYTES_BYTES = 60 * 2**20
+# What a qlora worker holds on the CPU besides the base, its adapters and activations, per
+# byte of the base's linear weights in float32: measured with bench/memory.py at 135M, 360M
+# and 1B (0.6 to 1.45 of them), not yet accounted for part by part. Loading passes every
+# weight through float32 to quantize it, and bitsandbytes dequantizes weights for each pass.
+QLORA_WORKING_PER_FLOAT32_BYTE = 1.2
 
 
 def load_quantized(folder: Path, config: QloraConfig, runtime: Runtime) -> Any:
@@ -108,6 +119,20 @@ class QloraMethod:
 
     def load_base(self, folder: Path, config: QloraConfig, runtime: Runtime) -> Any:
         return load_quantized(folder, config, runtime)
+
+    def footprint(self, shape: ModelShape, config: QloraConfig, runtime: Runtime) -> Footprint:
+        # Half a byte a linear weight, plus a float32 scale per block of 64 (or, double
+        # quantized, a byte per block and a float32 per 256 blocks); the rest stays float32.
+        scales = 1 / 64 + 4 / (64 * 256) if config.double_quant else 4 / 64
+        frozen = shape.linear_params * (0.5 + scales) + (shape.params - shape.linear_params) * FLOAT32
+        return Footprint(
+            trainable=shape.lora_params(config.r, config.target_modules),
+            frozen_bytes=int(frozen),
+            checkpointing=config.gradient_checkpointing,
+            slowdown=QLORA_SLOWDOWN,
+            runtime_bytes=BITSANDBYTES_BYTES,
+            working_bytes=int(QLORA_WORKING_PER_FLOAT32_BYTE * shape.linear_params * FLOAT32),
+        )
 
     def prepare(self, model: Any, config: QloraConfig) -> Any:
         import peft

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewright.core.basemodel import load_model
+from tunewright.estimate import Footprint, ModelShape
 from tunewright.methods import ArtifactKind, Capabilities, Runtime
 from tunewright.plugins.peft_adapters import (
     check_target_modules,
@@ -24,6 +25,11 @@ from tunewright.plugins.peft_adapters import (
     save_adapter,
 )
 from tunewright.plugins.unsloth.config import UnslothConfig
+
+# For the estimate, measured with bench/memory.py: a step's time relative to the arithmetic
+# count, and what importing Unsloth and its dependencies adds to a worker's memory.
+UNSLOTH_SLOWDOWN = 0.6
+UNSLOTH_IMPORT_BYTES = 400 * 2**20
 
 
 def _fast_language_model() -> Any:
@@ -65,6 +71,16 @@ class UnslothMethod:
             use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
         )
         return model
+
+    def footprint(self, shape: ModelShape, config: UnslothConfig, runtime: Runtime) -> Footprint:
+        width = 2 if runtime.bf16 else 4  # Unsloth loads the base in bfloat16 where the device has it
+        return Footprint(
+            trainable=shape.lora_params(config.r, config.target_modules),
+            frozen_bytes=shape.params * width,
+            checkpointing=config.gradient_checkpointing,
+            slowdown=UNSLOTH_SLOWDOWN,
+            runtime_bytes=UNSLOTH_IMPORT_BYTES,
+        )
 
     def prepare(self, model: Any, config: UnslothConfig) -> Any:
         import torch

@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> None:
         "--memory-limit",
         type=parse_size,
         metavar="SIZE",
-        help="stop a job's worker whose resident memory passes SIZE (8G, 8GiB, 512M), and fail its job "
-        "OUT_OF_MEMORY with what to change, before the kernel's out-of-memory killer picks a process "
-        "(default: no limit of the trainer's own)",
+        help="memory a job may use: CreateJob refuses a job estimated above SIZE (8G, 8GiB, 512M), and a "
+        "worker whose resident memory passes it is stopped and its job failed OUT_OF_MEMORY with what to "
+        "change, before the kernel's out-of-memory killer picks a process (default: jobs are checked "
+        "against the host's free memory when created, and a running worker is not limited)",
     )
     add_server_arguments(parser)
     args = parser.parse_args(argv)

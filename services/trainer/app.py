@@ -21,23 +21,23 @@ from tunewright.trainer.servicer import SERVICE_NAME, register
 from tunewright.trainer.store import JobStore
 
 
-def dataset_checker(data_service: str):
+def dataset_reader(data_service: str):
+    """A function from a dataset's name to the data service's Dataset, or None."""
     channel = open_channel(data_service, ChannelSecurity.from_env())
     stub = data_grpc.DataServiceStub(channel)
 
-    def exists(name: str) -> bool:
+    def get(name: str) -> data_pb.Dataset | None:
         try:
-            stub.GetDataset(data_pb.GetDatasetRequest(name=name), timeout=30)
+            return stub.GetDataset(data_pb.GetDatasetRequest(name=name), timeout=30).dataset
         except grpc.RpcError as error:
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                return False
+                return None
             raise Unavailable(
                 f"the data service at {data_service} did not answer ({error.code().name}); start it, then retry",
                 reason="DATA_SERVICE_UNAVAILABLE",
             ) from error
-        return True
 
-    return exists
+    return get
 
 
 def start_trainer(
@@ -71,7 +71,7 @@ def start_trainer(
         methods,
         memory_limit_bytes,
     )
-    trainer = Trainer(store, runner, methods, dataset_checker(data_service), models_dirs)
+    trainer = Trainer(store, runner, methods, dataset_reader(data_service), models_dirs)
     server = create_server(address, register(trainer), [SERVICE_NAME], metrics, metrics_address, security)
     runner.start()
     return server, runner

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
+import structlog
 
 from tunewright import contract
 from tunewright.contract import ARTIFACT, MANIFEST, Hyperparameters
-from tunewright.core.basemodel import check_base_model
-from tunewright.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from tunewright.core.basemodel import base_model_config, check_base_model
+from tunewright.core.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from tunewright.estimate import DataShape, Estimate, ModelShape, estimate, host_runtime
 from tunewright.methods import Method
 from tunewright.parameters import build_config, config_to_dict
 from tunewright.plugin_manager import get_method
 from tunewright.trainer import checkpoints
+from tunewright.trainer.memory import gib
 from tunewright.trainer.runner import JobRunner
 from tunewright.trainer.store import TERMINAL, Event, JobRecord, JobStore
+
+log = structlog.get_logger(__name__)
 
 # Each limit keeps a request from asking for something this machine cannot do.
 LIMITS = {
@@ -36,6 +50,7 @@ LIMITS = {
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+CHECKPOINTING = ("auto", "on", "off")
 # A watch with nothing new checks at least this often whether its client is still there.
 WATCH_WAKE_SECONDS = 5.0
 
@@ -57,6 +72,21 @@ def resolve_hyperparameters(given: dict[str, Any], method: Method) -> Hyperparam
         violations.append(
             FieldViolation(
                 "hyperparameters.precision", f"must be one of {', '.join(PRECISIONS)}, got {values['precision']!r}"
+            )
+        )
+    if values.get("gradient_checkpointing", "auto") not in CHECKPOINTING:
+        violations.append(
+            FieldViolation(
+                "hyperparameters.gradient_checkpointing",
+                f"must be one of {', '.join(CHECKPOINTING)}, got {values['gradient_checkpointing']!r}",
+            )
+        )
+    if values.get("gradient_checkpointing") == "on" and not method.capabilities.takes_position_ids:
+        violations.append(
+            FieldViolation(
+                "hyperparameters.gradient_checkpointing",
+                f"method {method.name!r} puts a learned prefix into every layer's attention, so a layer "
+                "cannot be recomputed alone; leave gradient_checkpointing unset (auto) or off",
             )
         )
     if values.get("packing") and not method.capabilities.takes_position_ids:
@@ -116,19 +146,54 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@dataclass(frozen=True)
+class MemoryFix:
+    """A change to a job request, and what the job would take with it."""
+
+    change: str
+    description: str
+    estimate: Estimate
+    fits: bool
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    estimate: Estimate
+    # What the trainer lets a job use, and where that figure comes from.
+    limit_bytes: int
+    limit_source: str
+    fixes: list[MemoryFix]
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.peak_bytes <= self.limit_bytes
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A job request checked as CreateJob checks it."""
+
+    base_model: str
+    dataset: Any  # the data service's Dataset message
+    method: Method
+    config: Any
+    hp: Hyperparameters
+
+
 class Trainer:
     def __init__(
         self,
         store: JobStore,
         runner: JobRunner,
         methods: dict[str, Method],
-        dataset_exists: Callable[[str], bool],
+        get_dataset: Callable[[str], Any],
         models_dirs: Sequence[Path],
     ) -> None:
         self.store = store
         self.runner = runner
         self.methods = methods
-        self.dataset_exists = dataset_exists
+        # The data service's Dataset message for a name, or None when there is none.
+        self.get_dataset = get_dataset
         # The only folders a job's base_model may name (built-in names are always allowed).
         self.models_dirs = list(models_dirs)
 
@@ -140,24 +205,201 @@ class Trainer:
         method_name: str,
         method_parameters: dict[str, Any],
         hyperparameters: dict[str, Any],
+        check_memory: bool = True,
     ) -> JobRecord:
         if existing := self.store.by_request(request_id):
             return existing
+        request = self._with_checkpointing_decided(
+            self._checked(base_model, dataset, method_name, method_parameters, hyperparameters)
+        )
+        if check_memory:
+            self._refuse_what_does_not_fit(request)
+        job, _ = self.store.create(
+            request_id,
+            base_model,
+            dataset,
+            request.method.name,
+            config_to_dict(request.config),
+            contract.to_builtins(request.hp),
+        )
+        return job
+
+    def _checked(
+        self,
+        base_model: str,
+        dataset: str,
+        method_name: str,
+        method_parameters: dict[str, Any],
+        hyperparameters: dict[str, Any],
+    ) -> _Request:
         method = get_method(self.methods, method_name)
         config = build_config(method, method_parameters)
         hp = resolve_hyperparameters(hyperparameters, method)
         check_base_model(base_model, models_dirs=self.models_dirs)
         check_method_can_run(method)
-        if not dataset.startswith("datasets/") or not self.dataset_exists(dataset):
+        found = self.get_dataset(dataset) if dataset.startswith("datasets/") else None
+        if found is None:
             raise NotFound(
                 f"{dataset!r} does not exist on the data service; create it with CreateDataset",
                 reason="DATASET_NOT_FOUND",
                 violations=[FieldViolation("dataset", "no such dataset")],
             )
-        job, _ = self.store.create(
-            request_id, base_model, dataset, method.name, config_to_dict(config), contract.to_builtins(hp)
+        return _Request(base_model, found, method, config, hp)
+
+    def estimate_job(
+        self,
+        base_model: str,
+        dataset: str,
+        method_name: str,
+        method_parameters: dict[str, Any],
+        hyperparameters: dict[str, Any],
+    ) -> JobEstimate:
+        request = self._checked(base_model, dataset, method_name, method_parameters, hyperparameters)
+        if not hasattr(request.method, "footprint"):
+            raise FailedPrecondition(
+                f"method {request.method.name!r} does not describe its memory (it has no footprint), "
+                "so no estimate can be made for it",
+                reason="NO_ESTIMATE",
+            )
+        decided = self._with_checkpointing_decided(request)
+        try:
+            found = self._job_estimate(decided)
+        except ValueError as error:
+            raise FailedPrecondition(f"{base_model!r} cannot be estimated: {error}", reason="NO_ESTIMATE") from error
+        if request.hp.gradient_checkpointing == "auto":
+            found.estimate.notes.append(f"gradient_checkpointing auto: {decided.hp.gradient_checkpointing}")
+        return found
+
+    def _with_checkpointing_decided(self, request: _Request) -> _Request:
+        """The request with gradient_checkpointing "auto" decided: "on" when the job would not
+        fit the trainer's memory without it and would with it, else "off"."""
+        if request.hp.gradient_checkpointing != "auto":
+            return request
+        off = dataclasses.replace(request, hp=msgspec.structs.replace(request.hp, gradient_checkpointing="off"))
+        if not hasattr(request.method, "footprint") or not request.method.capabilities.takes_position_ids:
+            return off
+        on = dataclasses.replace(request, hp=msgspec.structs.replace(request.hp, gradient_checkpointing="on"))
+        try:
+            limit, _ = self.memory_limit()
+            if self._estimate(off).peak_bytes > limit >= self._estimate(on).peak_bytes:
+                return on
+        except ValueError as error:  # a config the estimate cannot read
+            log.warning("no memory estimate", error=str(error))
+        return off
+
+    def _job_estimate(self, request: _Request) -> JobEstimate:
+        guess = self._estimate(request)
+        limit, source = self.memory_limit()
+        fixes = self._fixes(request, limit) if guess.peak_bytes > limit else []
+        return JobEstimate(guess, limit, source, fixes)
+
+    def _estimate(self, request: _Request) -> Estimate:
+        shape = ModelShape.from_config(base_model_config(request.base_model, self.runner.model_cache))
+        runtime = host_runtime()
+        stats = request.dataset.stats
+        data = DataShape.from_split_stats(stats.train, stats.validation, stats.test)
+        guess = estimate(shape, request.method.footprint(shape, request.config, runtime), data, request.hp, runtime)
+        tokenizer = request.dataset.tokenizer_model
+        if tokenizer and tokenizer != request.base_model:
+            guess.notes.append(
+                f"the dataset's tokens were counted with {tokenizer}'s tokenizer, not {request.base_model}'s"
+            )
+        return guess
+
+    def memory_limit(self) -> tuple[int, str]:
+        """The memory a job may use: the trainer's --memory-limit, else what the host has
+        free now."""
+        if self.runner.memory_limit_bytes:
+            return self.runner.memory_limit_bytes, "the trainer's --memory-limit"
+        return psutil.virtual_memory().available, "the memory the trainer host has free"
+
+    def _refuse_what_does_not_fit(self, request: _Request) -> None:
+        if not hasattr(request.method, "footprint"):
+            return  # a method that does not describe its memory is only watched while it runs
+        try:
+            found = self._job_estimate(request)
+        except ValueError as error:  # a config the estimate cannot read: the job is only watched
+            log.warning("no memory estimate", error=str(error))
+            return
+        if found.fits:
+            return
+        guess = found.estimate
+        parts = ", ".join(f"{part} {gib(size)}" for part, size in guess.breakdown.items() if size)
+        fitting = [fix for fix in found.fixes if fix.fits]
+        advice = (
+            "; ".join(f"{fix.change} ({fix.description}: about {gib(fix.estimate.peak_bytes)})" for fix in fitting)
+            or "nothing in this request's reach fits: a smaller base model, or a trainer with more memory"
         )
-        return job
+        raise ResourceExhausted(
+            f"this job would need about {gib(guess.peak_bytes)} of memory at its peak ({parts}), and "
+            f"{found.limit_source} is {gib(found.limit_bytes)}. What would fit: {advice}. "
+            "EstimateJob (tunewright jobs estimate) shows the whole estimate",
+            reason="JOB_DOES_NOT_FIT",
+            violations=[FieldViolation(fix.change.partition("=")[0], fix.description) for fix in fitting],
+            metadata={
+                "peak_memory_bytes": str(guess.peak_bytes),
+                "memory_limit_bytes": str(found.limit_bytes),
+            },
+        )
+
+    def _fixes(self, request: _Request, limit: int) -> list[MemoryFix]:
+        """Changes that make the job fit, each the smallest of its kind that does (or the
+        closest where none does), in the order a user would try them."""
+        fixes = []
+        hp, config = request.hp, request.config
+        rows = hp.micro_batch_size or hp.batch_size
+
+        def attempt(change: str, description: str, **changed: Any) -> MemoryFix:
+            guess = self._estimate(dataclasses.replace(request, **changed))
+            return MemoryFix(change, description, guess, guess.peak_bytes <= limit)
+
+        def smallest(candidates: list[MemoryFix]) -> MemoryFix | None:
+            return next((fix for fix in candidates if fix.fits), candidates[-1] if candidates else None)
+
+        micro = [
+            attempt(
+                f"hyperparameters.micro_batch_size={size}",
+                f"passes of {size} examples, gradients accumulated over the batch of {hp.batch_size}",
+                hp=msgspec.structs.replace(hp, micro_batch_size=size),
+            )
+            for size in _halvings(rows)
+        ]
+        fixes.append(smallest(micro))
+        can_recompute = request.method.capabilities.takes_position_ids
+        if can_recompute and hp.gradient_checkpointing != "on" and not getattr(config, "gradient_checkpointing", False):
+            fixes.append(
+                attempt(
+                    "hyperparameters.gradient_checkpointing=on",
+                    "activations recomputed in the backward pass, about a third more arithmetic",
+                    hp=msgspec.structs.replace(hp, gradient_checkpointing="on"),
+                )
+            )
+        qlora = self.methods.get("qlora")
+        if qlora is not None and request.method.name in ("lora", "full", "unsloth") and hasattr(qlora, "footprint"):
+            # The adapter's settings carry over; qlora keeps its own checkpointing (on).
+            shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+            known = {f.name for f in dataclasses.fields(qlora.config_class)} - {"gradient_checkpointing"}
+            qlora_config = build_config(qlora, {k: v for k, v in shared.items() if k in known})
+            fixes.append(
+                attempt(
+                    "method=qlora",
+                    "LoRA on a 4-bit copy of the base, with gradient checkpointing",
+                    method=qlora,
+                    config=qlora_config,
+                )
+            )
+        longest = min(request.dataset.stats.train.max_tokens, hp.max_seq_length)
+        lengths = [
+            attempt(
+                f"hyperparameters.max_seq_length={length}",
+                f"examples cut to {length} tokens "
+                f"(up to {_longer_than(request.dataset.stats.train, length)} training examples are longer)",
+                hp=msgspec.structs.replace(hp, max_seq_length=length),
+            )
+            for length in _halvings(longest, floor=64)
+        ]
+        fixes.append(smallest(lengths))
+        return sorted((fix for fix in fixes if fix is not None), key=lambda fix: not fix.fits)
 
     def cancel_job(self, job_id: str) -> JobRecord:
         job = self.store.get(job_id)
@@ -220,6 +462,20 @@ class Trainer:
     def checkpoints(self, job_id: str) -> list[checkpoints.Checkpoint]:
         self.store.get(job_id)  # NOT_FOUND for an unknown job
         return checkpoints.complete(self.runner.job_dir(job_id) / checkpoints.CHECKPOINTS)
+
+
+def _halvings(start: int, floor: int = 1) -> list[int]:
+    """start // 2, start // 4, ... down to ``floor``."""
+    sizes, size = [], start // 2
+    while size >= floor:
+        sizes.append(size)
+        size //= 2
+    return sizes
+
+
+def _longer_than(split: Any, length: int) -> int:
+    """Examples of a split's length histogram in buckets above ``length`` (an upper bound)."""
+    return sum(bucket.examples for bucket in split.length_histogram if bucket.max_tokens > length)
 
 
 def _files(root: Path, path: str, what: str) -> list[tuple[str, Path]]:

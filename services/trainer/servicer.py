@@ -13,7 +13,7 @@ from tunewright.core.ids import parse_job_or_checkpoint, parse_name
 from tunewright.core.timeutil import to_timestamp
 from tunewright.methods import Method
 from tunewright.parameters import default_json, parameter_specs
-from tunewright.trainer.service import HYPERPARAMETER_NAMES, Trainer
+from tunewright.trainer.service import HYPERPARAMETER_NAMES, JobEstimate, Trainer
 from tunewright.trainer.store import Event, JobRecord
 from tunewright.trainer.v1 import trainer_service_pb2 as pb
 from tunewright.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
@@ -152,6 +152,39 @@ def event_pb(event: Event) -> pb.WatchJobResponse:
     return message
 
 
+def job_estimate_pb(found: JobEstimate) -> pb.JobEstimate:
+    guess = found.estimate
+    return pb.JobEstimate(
+        peak_memory_bytes=guess.peak_bytes,
+        device_memory_bytes=guess.device_bytes,
+        breakdown=[pb.MemoryPart(name=name, bytes=size) for name, size in guess.breakdown.items()],
+        seconds_per_step=guess.seconds_per_step,
+        steps=guess.steps,
+        training_seconds=guess.training_seconds,
+        total_seconds=guess.total_seconds,
+        tokens_per_second=guess.tokens_per_second,
+        largest_pass_rows=guess.largest_pass[0],
+        largest_pass_tokens=guess.largest_pass[1],
+        memory_limit_bytes=found.limit_bytes,
+        fits=found.fits,
+        fixes=[
+            pb.MemoryFix(
+                change=fix.change,
+                description=fix.description,
+                peak_memory_bytes=fix.estimate.peak_bytes,
+                seconds_per_step=fix.estimate.seconds_per_step,
+                fits=fix.fits,
+            )
+            for fix in found.fixes
+        ],
+        notes=guess.notes,
+    )
+
+
+def _given_hyperparameters(hp: pb.Hyperparameters) -> dict[str, Any]:
+    return {name: getattr(hp, name) for name in HYPERPARAMETER_NAMES if hp.HasField(name)}
+
+
 class TrainerServicer(pb_grpc.TrainerServiceServicer):
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -163,18 +196,27 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
         return pb.ListMethodsResponse(methods=[method_pb(m) for m in self.trainer.methods.values()])
 
     def CreateJob(self, request, context):
-        hp = request.hyperparameters
-        given = {name: getattr(hp, name) for name in HYPERPARAMETER_NAMES if hp.HasField(name)}
         job = self.trainer.create_job(
             request.request_id,
             request.base_model,
             request.dataset,
             request.method,
             {k: value_from_pb(v) for k, v in request.method_parameters.items()},
-            given,
+            _given_hyperparameters(request.hyperparameters),
+            check_memory=not request.ignore_memory_estimate,
         )
         structlog.contextvars.bind_contextvars(job_id=job.id)
         return pb.CreateJobResponse(job=self._job_pb(job))
+
+    def EstimateJob(self, request, context):
+        found = self.trainer.estimate_job(
+            request.base_model,
+            request.dataset,
+            request.method,
+            {k: value_from_pb(v) for k, v in request.method_parameters.items()},
+            _given_hyperparameters(request.hyperparameters),
+        )
+        return pb.EstimateJobResponse(estimate=job_estimate_pb(found))
 
     def GetJob(self, request, context):
         return pb.GetJobResponse(job=self._job_pb(self.trainer.store.get(job_id_of(request.name))))

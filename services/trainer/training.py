@@ -139,6 +139,21 @@ def attention_for(model: Any, width: int) -> Iterator[None]:
         config._attn_implementation = "sdpa"
 
 
+def checkpoint_activations(model: Any) -> bool:
+    """Turns on transformers' gradient checkpointing in ``model`` (in a peft model, in its base),
+    non-reentrant, which needs no gradient on the inputs: each layer keeps only its input, and
+    recomputes the rest in the backward pass. False where the model cannot."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and config.is_prompt_learning:
+        return False  # the learned prefix joins every layer's attention: a layer cannot be rerun alone
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        return False
+    if not base.is_gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return True
+
+
 @contextmanager
 def frozen_linears_in(model: Any, dtype: torch.dtype | None) -> Iterator[None]:
     """Inside, each frozen float32 ``nn.Linear`` weight is replaced by a ``dtype`` copy, and

@@ -339,6 +339,11 @@ def run(job_dir: Path, events: Events) -> None:
         model = method.prepare(model, config)
     except ValueError as error:
         raise JobFailure("INVALID_METHOD_PARAMETER", f"method {method.name!r}: {error}") from error
+    if hp.gradient_checkpointing == "on":
+        if training.checkpoint_activations(model):
+            events.log("gradient checkpointing on: each layer's activations are recomputed in the backward pass")
+        else:
+            events.log("gradient checkpointing was asked for, but this model cannot recompute its layers")
 
     last = {"loss": math.nan, "validation_loss": None}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json as jsonlib
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from tunewright.cli.output import JsonFlag, client, console, emit, fail, name_value_pairs, percent, print_json, when
 from tunewright.core.basemodel import DEFAULT_BASE_MODEL
-from tunewright.records import Job, JobEvent, JobState, Method
+from tunewright.records import Job, JobEstimate, JobEvent, JobState, Method
 
 app = typer.Typer(help="Fine-tuning jobs: create, watch, inspect, plot.", no_args_is_help=True)
 
@@ -68,6 +69,10 @@ def create(
         ),
     ] = None,
     max_seq_length: int | None = None,
+    gradient_checkpointing: Annotated[
+        str | None,
+        typer.Option(help="on, off, or auto (on only where the job would not fit the trainer's memory without)"),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps (0: no limit)")] = None,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="steps between checkpoints (0: as often as costs under 5% of training)")
@@ -82,39 +87,114 @@ def create(
     evaluate: Annotated[
         bool | None, typer.Option("--evaluate/--no-evaluate", help="compare base and tuned on the test split")
     ] = None,
+    ignore_memory_estimate: Annotated[
+        bool,
+        typer.Option(help="create it even if its estimated peak memory is more than the trainer may use"),
+    ] = False,
     watch_: Annotated[bool, typer.Option("--watch", help="then watch it until it ends")] = False,
     json: JsonFlag = False,
 ) -> None:
-    """Queue a fine-tuning job."""
+    """Queue a fine-tuning job. One estimated to need more memory than the trainer may use
+    is refused, with what would fit (`tunewright jobs estimate` shows the estimate)."""
     c = client(ctx)
-    name_value_pairs(param, "--param", "r=32")  # a malformed pair is refused before any call
-    known = {m.name: m for m in c.list_methods()} if param else {}
-    job = c.create_job(
-        dataset,
-        base_model=base_model,
-        method=method,
-        parameters=parse_parameters(param or [], known.get(method)),
-        epochs=epochs,
-        batch_size=batch_size,
-        micro_batch_size=micro_batch_size,
-        learning_rate=learning_rate,
-        precision=precision,
-        packing=packing,
-        group_by_length=group_by_length,
-        max_seq_length=max_seq_length,
-        max_steps=max_steps,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        processes=processes,
-        seed=seed,
-        evaluate=evaluate,
-    )
+    job = c.create_job(**_job_request(c, locals()), ignore_memory_estimate=ignore_memory_estimate)
     if json and not watch_:
         print_json(job)
     elif not json:
         console.print(f"created [bold]{job.name}[/] ({job.method} on {job.base_model}, {job.dataset}): {job.state}")
     if watch_:
         _watch(ctx, job.name, json)
+
+
+def _job_request(c, options: dict[str, Any]) -> dict[str, Any]:
+    """create_job's (and estimate_job's) arguments from ``create``'s options."""
+    param = options["param"]
+    name_value_pairs(param, "--param", "r=32")  # a malformed pair is refused before any call
+    known = {m.name: m for m in c.list_methods()} if param else {}
+    names = [
+        "epochs",
+        "batch_size",
+        "micro_batch_size",
+        "learning_rate",
+        "precision",
+        "packing",
+        "group_by_length",
+        "max_seq_length",
+        "gradient_checkpointing",
+        "max_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "processes",
+        "seed",
+        "evaluate",
+    ]
+    return dict(
+        dataset=options["dataset"],
+        base_model=options["base_model"],
+        method=options["method"],
+        parameters=parse_parameters(param or [], known.get(options["method"])),
+        **{name: options[name] for name in names},
+    )
+
+
+def estimate(ctx: typer.Context, json: bool = False, **options: Any) -> None:
+    """What a job would take, before creating it: peak memory and where it goes, time, and
+    whether it fits the trainer's memory (if not, what would). Takes create's options."""
+    found = client(ctx).estimate_job(**_job_request(client(ctx), options))
+    emit(json, found, _show_estimate)
+
+
+# ``estimate`` takes ``create``'s options but those about what happens after: one list of
+# the job's options, kept in one place.
+_AFTER = ("watch_", "ignore_memory_estimate")
+_create_signature = inspect.signature(create, eval_str=True)
+estimate.__signature__ = _create_signature.replace(
+    parameters=[p for name, p in _create_signature.parameters.items() if name not in _AFTER]
+)
+estimate.__annotations__ = {name: kind for name, kind in create.__annotations__.items() if name not in _AFTER}
+app.command()(estimate)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _show_estimate(found: JobEstimate) -> None:
+    verdict = "[green]fits[/]" if found.fits else "[red]does not fit[/]"
+    console.print(
+        f"peak memory about [bold]{_gib(found.peak_memory_bytes)}[/] of {_gib(found.memory_limit_bytes)} "
+        f"the trainer may use: {verdict}"
+    )
+    if found.device_memory_bytes:
+        console.print(f"GPU memory about {_gib(found.device_memory_bytes)}")
+    table = Table("part", "memory")
+    for part, size in found.breakdown.items():
+        table.add_row(part, _gib(size))
+    console.print(table)
+    console.print(
+        f"{found.steps} steps at about {found.seconds_per_step:.2f} s ({found.tokens_per_second:.0f} tokens/s): "
+        f"training {_duration(found.training_seconds)}, with validation and evaluation {_duration(found.total_seconds)}; "
+        f"largest pass {found.largest_pass_rows} x {found.largest_pass_tokens} tokens"
+    )
+    if found.fixes:
+        fixes = Table("change", "what it does", "peak", "s/step", "fits")
+        for fix in found.fixes:
+            fixes.add_row(
+                fix.change,
+                fix.description,
+                _gib(fix.peak_memory_bytes),
+                f"{fix.seconds_per_step:.2f}",
+                "yes" if fix.fits else "no",
+            )
+        console.print(fixes)
+    for note in found.notes:
+        console.print(f"[dim]note: {note}[/]")
 
 
 @app.command("list")

@@ -15,6 +15,18 @@ from tunewright.core.security import generate_local_secrets
 from tunewright.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Stack
 
 
+def _checked_size(text: str | None) -> str | None:
+    """Refuses a --memory-limit the trainer could not read, before any service starts."""
+    from tunewright.trainer.memory import parse_size
+
+    if text is not None:
+        try:
+            parse_size(text)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+    return text
+
+
 def up(
     state_dir: Annotated[Path, typer.Option(help="one data directory per service inside")] = Path(".tunewright"),
     host: str = "127.0.0.1",
@@ -37,6 +49,14 @@ def up(
             "(default: STATE_DIR/models; built-in model names are always allowed)"
         ),
     ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="memory a job may use (8G, 512M): a job estimated above it is refused, a worker "
+            "that passes it is stopped (default: the host's free memory, checked when a job is created)",
+            callback=_checked_size,
+        ),
+    ] = None,
     data_metrics_port: int = DEFAULT_METRICS_PORTS["data"],
     trainer_metrics_port: int = DEFAULT_METRICS_PORTS["trainer"],
     serve_metrics_port: int = DEFAULT_METRICS_PORTS["serve"],
@@ -55,6 +75,7 @@ def up(
         mutual_tls=secure and mutual_tls,
         max_running_jobs=max_running_jobs,
         models_dirs=models_dir or None,
+        memory_limit=memory_limit,
     )
     # Until Stack.wait takes SIGTERM over, it stops the services too instead of leaving them
     # orphaned: a supervisor may send it while they are still starting.

@@ -95,6 +95,58 @@ def resolve_tokenizer(spec: str, cache_dir: Path, field: str = "tokenizer_model"
     return _builtin_folder(spec, BUILTIN_MODELS[spec], Path(cache_dir), tokenizer_only=True)
 
 
+def base_model_config(spec: str, cache_dir: Path) -> dict[str, Any]:
+    """The model's config.json as a dict, loading no weights: a folder's own, a converted
+    built-in model's, or, before a built-in model is first converted, the equivalent keys
+    read from its GGUF file's header."""
+    check_base_model(spec)
+    folder = Path(cache_dir) / spec if spec in BUILTIN_MODELS else Path(spec).expanduser()
+    if (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text())
+    model = BUILTIN_MODELS[spec]
+    package_dir = _package_dir(model.package)
+    if package_dir is None or not (package_dir / model.gguf_file).is_file():
+        raise FailedPrecondition(
+            f"built-in model {spec!r} needs the package {model.package.replace('_', '-')}",
+            reason="BUILTIN_MODEL_MISSING",
+        )
+    # Reading the header parses the whole vocabulary (seconds): kept beside the conversions.
+    cached = Path(cache_dir) / f".{spec}.config.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    config = gguf_config(package_dir / model.gguf_file)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = cached.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(config))
+    staging.replace(cached)
+    return config
+
+
+def gguf_config(path: Path) -> dict[str, Any]:
+    """The transformers config keys the estimate needs, from a GGUF file's metadata."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+
+    def value(key: str) -> Any:
+        field = reader.fields.get(key)
+        return field.contents() if field is not None else None
+
+    arch = value("general.architecture")
+    heads = value(f"{arch}.attention.head_count")
+    return {
+        "model_type": arch,
+        "hidden_size": value(f"{arch}.embedding_length"),
+        "intermediate_size": value(f"{arch}.feed_forward_length"),
+        "num_hidden_layers": value(f"{arch}.block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": value(f"{arch}.attention.head_count_kv") or heads,
+        "head_dim": value(f"{arch}.attention.key_length"),
+        "vocab_size": value(f"{arch}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data),
+        "tie_word_embeddings": not any(tensor.name == "output.weight" for tensor in reader.tensors),
+    }
+
+
 def check_base_model(spec: str, field: str = "base_model", models_dirs: Sequence[Path] | None = None) -> None:
     """Refuses a spec that is neither a built-in name nor a usable local folder, without
     loading or converting anything (cheap enough for request validation). With
