@@ -1,16 +1,19 @@
 """Many watchers on one trainer: health and GetJob latency while 1,000 WatchJob streams are open.
 
-    .venv/bin/python bench/streams.py [--streams 1000] [--seconds 30] [--json FILE]
+    .venv/bin/python bench/streams.py [--streams 1000] [--seconds 30] [--watch running|queued] [--json FILE]
 
 Starts the three services as `tunewright up` does (``tunewright.stack.Stack``), uploads the
 demo's support tickets and starts a default `lora` job on SmolLM2-135M, so the trainer's
 worker trains on the machine's cores the whole time (the window starts once the job has
 trained a step). Then it opens ``--streams`` WatchJob
-streams on that job, spread over 16 client channels (grpc.aio, one process), waits until
+streams on that job (``--watch queued``: on a second job, queued behind it, as a dashboard's
+tabs watch what is waiting), spread over 16 client channels (grpc.aio, one process), waits until
 every stream has had its first event, and for ``--seconds`` calls the health check and
 GetJob in turn, every 50 ms, on a channel of their own, recording each latency and status.
-One CreateJob is timed at the start and one at the end of that window. Every watcher keeps
-reading the job's events (a progress event per training step) throughout.
+One CreateJob is timed at the start and one at the end of that window. Every watcher of the
+running job keeps reading its events (a progress event per training step) throughout; the
+watchers of a queued job get none. The trainer process's CPU time over the window says what
+the watchers cost it.
 
 A benchmark, not a test: tests never assert timings. Figures go in bench/README.md, with the
 command.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +44,13 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-async def measure(address: str, job: str, create, streams: int, seconds: float) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(address: str, job: str, create, streams: int, seconds: float, trainer_pid: int) -> dict:
     from tunewright.trainer.v1 import trainer_service_pb2 as pb
     from tunewright.trainer.v1 import trainer_service_pb2_grpc as pb_grpc
 
@@ -74,6 +84,7 @@ async def measure(address: str, job: str, create, streams: int, seconds: float) 
         await asyncio.wait_for(everyone.wait(), timeout=300)
         opened_seconds = time.monotonic() - started
         before = [received[:]]
+        cpu_before, window_start = cpu_seconds(trainer_pid), time.monotonic()
         create_ms = [(await timed(trainer.CreateJob(create(), timeout=30)))[0]]
         health_ms, health_status, get_ms = [], [], []
         deadline = time.monotonic() + seconds
@@ -84,6 +95,7 @@ async def measure(address: str, job: str, create, streams: int, seconds: float) 
             get_ms.append((await timed(trainer.GetJob(pb.GetJobRequest(name=job), timeout=5)))[0])
             await asyncio.sleep(0.05)
         create_ms.append((await timed(trainer.CreateJob(create(), timeout=30)))[0])
+        trainer_cpu = (cpu_seconds(trainer_pid) - cpu_before) / (time.monotonic() - window_start)
         during = [after - start for after, start in zip(received, before[0], strict=True)]
         return {
             "streams": streams,
@@ -95,6 +107,7 @@ async def measure(address: str, job: str, create, streams: int, seconds: float) 
             "health_ms": {"p50": percentile(health_ms, 0.5), "p99": percentile(health_ms, 0.99), "max": max(health_ms)},
             "get_job_ms": {"p50": percentile(get_ms, 0.5), "p99": percentile(get_ms, 0.99), "max": max(get_ms)},
             "create_job_ms": create_ms,
+            "trainer_cpu_share": round(trainer_cpu, 3),  # CPU seconds of the trainer per second
         }
     finally:
         for task in watchers:
@@ -108,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--watch", choices=("running", "queued"), default="running")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -126,10 +140,16 @@ def main() -> None:
             while client.get_job(job.name).progress is None:  # training, not loading
                 time.sleep(0.5)
 
+            watched = job if args.watch == "running" else client.create_job(dataset.name, evaluate=False)
+
             def create() -> pb.CreateJobRequest:
                 return pb.CreateJobRequest(dataset=dataset.name, method="lora", base_model=job.base_model)
 
-            result = asyncio.run(measure(stack.address("trainer"), job.name, create, args.streams, args.seconds))
+            trainer = stack.processes["trainer"].pid
+            result = asyncio.run(
+                measure(stack.address("trainer"), watched.name, create, args.streams, args.seconds, trainer)
+            )
+            result["watched"] = args.watch
             result["job_state_after"] = str(client.get_job(job.name).state)
         finally:
             for found in client.list_jobs():

@@ -47,3 +47,48 @@ def test_jobs_left_running_by_a_dead_trainer_are_queued_again(tmp_path):
     kinds = [(e.kind, e.payload.get("state")) for e in restarted.events_after(job.id, 0)]
     assert kinds[-2:] == [("log", None), ("state", QUEUED)]
     assert restarted.create("r1", "base", "datasets/d", "lora", {}, {}) == (again, False)
+
+
+def test_a_jobs_place_in_the_queue_comes_with_its_row(tmp_path):
+    store = JobStore(tmp_path / "trainer.sqlite3")
+    first, second, third = (store.create(f"r{i}", "base", "datasets/d", "lora", {}, {})[0] for i in range(3))
+    assert [j.queue_position for j in (first, second, third)] == [1, 2, 3]
+    store.set_state(first.id, RUNNING)
+    jobs, _ = store.list(10, "")
+    assert {j.id: j.queue_position for j in jobs} == {first.id: 0, second.id: 1, third.id: 2}
+    assert store.get(third.id).queue_position == 2 and store.next_queued().id == second.id
+
+
+def test_a_watcher_wakes_for_its_own_job_only(tmp_path):
+    """The steps of a running job must not wake, one by one, the thousand streams watching
+    another job."""
+    import threading
+    import time
+
+    store = JobStore(tmp_path / "trainer.sqlite3")
+    watched, busy = (store.create(f"r{i}", "base", "datasets/d", "lora", {}, {})[0] for i in range(2))
+    seen = store.job_generation(watched.id)
+    woke: list[tuple[int, float]] = []
+
+    def wait() -> None:
+        start = time.monotonic()
+        woke.append((store.wait_for_job_change(watched.id, seen, timeout=1.0), time.monotonic() - start))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.05)
+    store.set_state(busy.id, RUNNING)
+    for step in range(1, 20):
+        store.record(busy.id, "progress", {"step": step})
+    thread.join()
+    ((generation, waited),) = woke
+    assert generation == seen and waited >= 0.9  # slept through all of them, to its timeout
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.05)
+    store.set_state(watched.id, RUNNING)
+    thread.join()
+    generation, waited = woke[1]
+    assert generation > seen and waited < 0.9
+    assert not store._job_changed  # no condition is kept once its last watcher has gone

@@ -35,7 +35,16 @@ async def hold_streams(address: str, job: str, create: pb.CreateJobRequest, coun
 
     watchers = [asyncio.create_task(watch(i)) for i in range(count)]
     try:
-        await asyncio.wait_for(opened.wait(), timeout=120)
+        # Until every watcher has had its first event, or one has failed: its error, not a
+        # bare timeout, says what went wrong.
+        waiting = asyncio.create_task(opened.wait())
+        done, _ = await asyncio.wait([waiting, *watchers], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        failed = [task for task in done if task is not waiting]
+        if failed:
+            failed[0].result()  # raises the watcher's error
+            raise AssertionError(f"a WatchJob stream ended early; {len(streaming)} of {count} had their first event")
+        assert done, f"after 120 s, {len(streaming)} of {count} WatchJob streams had their first event"
         checks = [await health.Check(health_pb2.HealthCheckRequest(), timeout=10) for _ in range(20)]
         got = await trainer.GetJob(pb.GetJobRequest(name=job), timeout=10)
         created = await trainer.CreateJob(create, timeout=30)

@@ -414,17 +414,17 @@ class Trainer:
     def wait_until(self, job_id: str, done: Callable[[JobRecord], bool], timeout: float) -> JobRecord | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            generation = self.store.job_generation(job_id)
             job = self.store.get(job_id)
             if done(job):
                 return job
-            with self.store.changed:
-                self.store.changed.wait(timeout=0.5)
+            self.store.wait_for_job_change(job_id, generation, timeout=0.5)
         return None
 
     def watch(self, job_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[Event]:
         """Stored events after ``after``, then new ones as they come, until the job ends."""
         self.store.get(job_id)
-        generation = self.store.generation
+        generation = self.store.job_generation(job_id)
         while is_active():
             events = self.store.events_after(job_id, after)
             yield from events
@@ -433,9 +433,10 @@ class Trainer:
                 continue
             if self.store.get(job_id).state in TERMINAL:
                 return
-            # Nothing new: sleep until the store changes. A thousand watchers cost nothing while
-            # the job is quiet; the timeout only bounds how long a cancelled watch lingers.
-            generation = self.store.wait_for_change(generation, timeout=WATCH_WAKE_SECONDS)
+            # Nothing new: sleep until this job changes. A thousand watchers cost nothing while
+            # it is quiet, whatever other jobs do; the timeout bounds how long a cancelled
+            # watch lingers.
+            generation = self.store.wait_for_job_change(job_id, generation, timeout=WATCH_WAKE_SECONDS)
 
     def artifact_files(self, job_id: str, path: str) -> list[tuple[str, Path]]:
         job = self.store.get(job_id)

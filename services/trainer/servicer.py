@@ -110,7 +110,7 @@ def evaluation_pb(evaluation: dict[str, Any]) -> pb.Evaluation:
     )
 
 
-def job_pb(job: JobRecord, queue_position: int = 0) -> pb.Job:
+def job_pb(job: JobRecord) -> pb.Job:
     message = pb.Job(
         name=f"jobs/{job.id}",
         state=_STATES[job.state],
@@ -122,7 +122,7 @@ def job_pb(job: JobRecord, queue_position: int = 0) -> pb.Job:
         create_time=to_timestamp(job.create_time),
         start_time=to_timestamp(job.start_time),
         end_time=to_timestamp(job.end_time),
-        queue_position=queue_position,
+        queue_position=job.queue_position,
     )
     if job.error_code:
         message.error.CopyFrom(pb.JobError(code=job.error_code, message=job.error_message or ""))
@@ -189,9 +189,6 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
-    def _job_pb(self, job: JobRecord) -> pb.Job:
-        return job_pb(job, self.trainer.store.queue_positions().get(job.id, 0))
-
     def ListMethods(self, request, context):
         return pb.ListMethodsResponse(methods=[method_pb(m) for m in self.trainer.methods.values()])
 
@@ -206,7 +203,7 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
             check_memory=not request.ignore_memory_estimate,
         )
         structlog.contextvars.bind_contextvars(job_id=job.id)
-        return pb.CreateJobResponse(job=self._job_pb(job))
+        return pb.CreateJobResponse(job=job_pb(job))
 
     def EstimateJob(self, request, context):
         found = self.trainer.estimate_job(
@@ -219,15 +216,14 @@ class TrainerServicer(pb_grpc.TrainerServiceServicer):
         return pb.EstimateJobResponse(estimate=job_estimate_pb(found))
 
     def GetJob(self, request, context):
-        return pb.GetJobResponse(job=self._job_pb(self.trainer.store.get(job_id_of(request.name))))
+        return pb.GetJobResponse(job=job_pb(self.trainer.store.get(job_id_of(request.name))))
 
     def ListJobs(self, request, context):
         jobs, token = self.trainer.store.list(request.page_size, request.page_token)
-        positions = self.trainer.store.queue_positions()
-        return pb.ListJobsResponse(jobs=[job_pb(j, positions.get(j.id, 0)) for j in jobs], next_page_token=token)
+        return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs], next_page_token=token)
 
     def CancelJob(self, request, context):
-        return pb.CancelJobResponse(job=self._job_pb(self.trainer.cancel_job(job_id_of(request.name))))
+        return pb.CancelJobResponse(job=job_pb(self.trainer.cancel_job(job_id_of(request.name))))
 
     def WatchJob(self, request, context):
         job_id = job_id_of(request.name)

@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS events (
     payload TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
 );
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+"""
+
+# A job row with its place in the queue (first come, first served: 1 runs next; 0 when not
+# queued), in one statement, so that the state and the place come from one snapshot of the table.
+SELECT_JOBS = f"""
+SELECT jobs.*, CASE WHEN jobs.state = '{QUEUED}' THEN (
+    SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.state = '{QUEUED}' AND ahead.seq <= jobs.seq
+) ELSE 0 END AS queue_position FROM jobs
 """
 
 
@@ -67,6 +76,7 @@ class JobRecord:
     error_message: str | None = None
     progress: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
+    queue_position: int = 0
 
 
 @dataclass
@@ -97,28 +107,48 @@ def _job(row) -> JobRecord:
         error_message=row["error_message"],
         progress=_loads(row["progress"]),
         evaluation=_loads(row["evaluation"]),
+        queue_position=row["queue_position"],
     )
 
 
 class JobStore:
     def __init__(self, db_path) -> None:
         self.db = Database(db_path, SCHEMA)
-        # Wakes WatchJob streams and the runner when something changes.
-        self.changed = threading.Condition()
-        # Counts the changes this store has seen: a watcher reads the database again only
-        # when it has moved (``wait_for_change``), not on every wake-up.
-        self.generation = 0
+        self._lock = threading.Lock()
+        # Wakes the runner on any change.
+        self.changed = threading.Condition(self._lock)
+        # Wakes only the WatchJob streams of the job that changed: a thousand streams watching
+        # a queued job must not all wake, and read the database, at each step of another job.
+        self._job_changed: dict[str, threading.Condition] = {}
+        self._job_waiters: dict[str, int] = {}
+        # Counts each job's changes: a watcher reads the database again only when its job's
+        # count has moved (``wait_for_job_change``), not on every wake-up.
+        self._job_generation: dict[str, int] = {}
 
-    def _notify(self) -> None:
+    def _notify(self, job_id: str) -> None:
         with self.changed:
-            self.generation += 1
+            self._job_generation[job_id] = self._job_generation.get(job_id, 0) + 1
             self.changed.notify_all()
+            if (job_changed := self._job_changed.get(job_id)) is not None:
+                job_changed.notify_all()
 
-    def wait_for_change(self, seen: int, timeout: float) -> int:
-        """Waits until ``generation`` is past ``seen``, at most ``timeout`` seconds; returns it."""
+    def job_generation(self, job_id: str) -> int:
         with self.changed:
-            self.changed.wait_for(lambda: self.generation != seen, timeout=timeout)
-            return self.generation
+            return self._job_generation.get(job_id, 0)
+
+    def wait_for_job_change(self, job_id: str, seen: int, timeout: float) -> int:
+        """Waits until ``job_id`` has changed since its generation ``seen``, at most ``timeout``
+        seconds; returns its generation."""
+        with self.changed:
+            job_changed = self._job_changed.setdefault(job_id, threading.Condition(self._lock))
+            self._job_waiters[job_id] = self._job_waiters.get(job_id, 0) + 1
+            try:
+                job_changed.wait_for(lambda: self._job_generation.get(job_id, 0) != seen, timeout=timeout)
+                return self._job_generation.get(job_id, 0)
+            finally:
+                self._job_waiters[job_id] -= 1
+                if not self._job_waiters[job_id]:
+                    del self._job_waiters[job_id], self._job_changed[job_id]
 
     def create(
         self,
@@ -132,7 +162,7 @@ class JobStore:
         """(job, created): a retry with the same request_id returns the first job."""
         with self.db.transaction() as conn:
             if request_id:
-                row = conn.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+                row = conn.execute(f"{SELECT_JOBS} WHERE request_id = ?", (request_id,)).fetchone()
                 if row is not None:
                     return _job(row), False
             job_id = new_id("job")
@@ -154,15 +184,15 @@ class JobStore:
                 ),
             )
             self._append(conn, job_id, "state", {"state": QUEUED})
-        self._notify()
+        self._notify(job_id)
         return self.get(job_id), True
 
     def by_request(self, request_id: str) -> JobRecord | None:
-        row = self.db.query_one("SELECT * FROM jobs WHERE request_id = ?", (request_id,)) if request_id else None
+        row = self.db.query_one(f"{SELECT_JOBS} WHERE request_id = ?", (request_id,)) if request_id else None
         return _job(row) if row else None
 
     def get(self, job_id: str) -> JobRecord:
-        row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = self.db.query_one(f"{SELECT_JOBS} WHERE id = ?", (job_id,))
         if row is None:
             raise NotFound(
                 f"jobs/{job_id} does not exist",
@@ -178,16 +208,11 @@ class JobStore:
 
     def list(self, page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
         offset, limit = page_bounds(page_size, page_token)
-        rows = self.db.query("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))
+        rows = self.db.query(f"{SELECT_JOBS} ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset))
         return [_job(r) for r in rows], next_token(offset, limit, len(rows))
 
-    def queue_positions(self) -> dict[str, int]:
-        """Each queued job's place in the queue: 1 runs next. The queue is first come, first served."""
-        rows = self.db.query("SELECT id FROM jobs WHERE state = ? ORDER BY seq", (QUEUED,))
-        return {row["id"]: position for position, row in enumerate(rows, start=1)}
-
     def next_queued(self) -> JobRecord | None:
-        row = self.db.query_one("SELECT * FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,))
+        row = self.db.query_one(f"{SELECT_JOBS} WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,))
         return _job(row) if row else None
 
     def _append(self, conn, job_id: str, kind: str, payload: dict[str, Any]) -> None:
@@ -222,7 +247,7 @@ class JobStore:
             if error_code:
                 payload["error"] = {"code": error_code, "message": error_message or ""}
             self._append(conn, job_id, "state", payload)
-        self._notify()
+        self._notify(job_id)
         return True
 
     def record(self, job_id: str, kind: str, payload: dict[str, Any]) -> None:
@@ -234,7 +259,7 @@ class JobStore:
             elif kind == "evaluation":
                 conn.execute("UPDATE jobs SET evaluation = ? WHERE id = ?", (json.dumps(payload), job_id))
             self._append(conn, job_id, kind, payload)
-        self._notify()
+        self._notify(job_id)
 
     def events_after(self, job_id: str, after: int) -> list[Event]:
         rows = self.db.query("SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, after))
@@ -249,7 +274,7 @@ class JobStore:
             )
             self._append(conn, job_id, "log", {"text": why})
             self._append(conn, job_id, "state", {"state": QUEUED})
-        self._notify()
+        self._notify(job_id)
 
     def requeue_interrupted(self) -> list[str]:
         """Jobs left RUNNING by a trainer that died go back to the queue, to resume from their

@@ -217,8 +217,10 @@ class Server:
         names: list[str],
         metrics: Metrics,
         metrics_port: int | None = None,
+        executor: futures.ThreadPoolExecutor | None = None,
     ):
         self.grpc_server = server
+        self.executor = executor
         self.port = port
         self.health = health_servicer
         self.service_names = names
@@ -229,6 +231,10 @@ class Server:
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if self.executor is not None:
+            # Its threads (up to one per stream that was open) end now, not when the server is
+            # collected: a process that starts servers again and again keeps no idle ones.
+            self.executor.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop()
 
     def wait_for_termination(self) -> None:
@@ -253,8 +259,9 @@ def create_server(
     # "tunewright.trainer.v1.TrainerService" -> "trainer", the name on every log line.
     service = service_full_names[0].split(".")[1]
     metrics = metrics or Metrics(service)
+    executor = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="rpc"),
+        executor,
         interceptors=[ServiceInterceptor(service, metrics, security)],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         options=[
@@ -275,7 +282,7 @@ def create_server(
     for name in ["", *service_full_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = metrics.serve(metrics_address) if metrics_address else None
-    return Server(server, port, health_servicer, service_full_names, metrics, metrics_port)
+    return Server(server, port, health_servicer, service_full_names, metrics, metrics_port, executor)
 
 
 def serve_until_signalled(server: Server, on_stop: Callable[[], None] | None = None) -> None:
