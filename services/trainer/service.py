@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import time
@@ -178,6 +179,9 @@ class _Request:
     method: Method
     config: Any
     hp: Hyperparameters
+    # The base model's shape, read once for every estimate of the request and its variants;
+    # None where the method has no footprint or the config could not be read.
+    shape: ModelShape | None = None
 
 
 class Trainer:
@@ -244,7 +248,13 @@ class Trainer:
                 reason="DATASET_NOT_FOUND",
                 violations=[FieldViolation("dataset", "no such dataset")],
             )
-        return _Request(base_model, found, method, config, hp)
+        shape = None
+        # A config the estimate cannot read is read again, and its error raised, where an
+        # estimate is asked for.
+        with contextlib.suppress(ValueError):
+            if hasattr(method, "footprint"):
+                shape = ModelShape.from_config(base_model_config(base_model, self.runner.model_cache))
+        return _Request(base_model, found, method, config, hp, shape)
 
     def estimate_job(
         self,
@@ -294,7 +304,7 @@ class Trainer:
         return JobEstimate(guess, limit, source, fixes)
 
     def _estimate(self, request: _Request) -> Estimate:
-        shape = ModelShape.from_config(base_model_config(request.base_model, self.runner.model_cache))
+        shape = request.shape or ModelShape.from_config(base_model_config(request.base_model, self.runner.model_cache))
         runtime = host_runtime()
         stats = request.dataset.stats
         data = DataShape.from_split_stats(stats.train, stats.validation, stats.test)
